@@ -1,0 +1,1 @@
+"""Adapters: one module per queue implementation under test."""
