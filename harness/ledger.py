@@ -1,0 +1,223 @@
+"""The ledger: what job bodies write while they run, crash-safe across processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from harness.errors import ReportError, UsageError
+
+__all__ = ["ENV_LEDGER", "Ledger"]
+
+ENV_LEDGER = "QUEUE_CHAOS_LEDGER"
+
+_OUTCOMES = ("ok", "fail")
+_MAX_KEY_BYTES = 200
+# A record stays one small write; a longer error text is cut, not split.
+_MAX_ERROR_CHARS = 2000
+
+# One append-only file per process and ledger directory, shared by every
+# Ledger object of that process, so a worker that builds a Ledger per job
+# still writes a single file.  A forked child sees a different pid and opens
+# its own file rather than writing into its parent's.
+_writers: dict[str, tuple[int, int]] = {}
+_writers_lock = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    global _writers_lock
+    _writers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _check_key(key: object) -> str:
+    ok = (
+        isinstance(key, str)
+        and key
+        and not key.startswith(".")
+        and "/" not in key
+        and "\0" not in key
+        and len(key.encode()) <= _MAX_KEY_BYTES
+    )
+    if not ok:
+        raise UsageError(
+            f"job key {key!r} cannot be used in the ledger; a key is a non-empty "
+            f"string of at most {_MAX_KEY_BYTES} bytes without '/' or NUL that "
+            "does not start with '.'"
+        )
+    return key
+
+
+class Ledger:
+    """Append-only record of executions, written by job bodies as they run.
+
+    Each process appends JSON lines to its own ``<pid>-<random>.jsonl`` with
+    one ``os.write`` per record on an ``O_APPEND`` descriptor and no buffer in
+    between: a SIGKILLed writer loses nothing already written, a SIGSTOPped one
+    holds no lock anyone waits on.  The ordinal of an execution is claimed by
+    creating ``ordinals/<key>.<n>`` exclusively (see docs/architecture.md).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self._ordinals = self.directory / "ordinals"
+        self._ordinals.mkdir(parents=True, exist_ok=True)
+        # Highest ordinal this process claimed per key: every n up to it is
+        # taken, so the next claim need not look there again.
+        self._claimed: dict[str, int] = {}
+        self.torn_lines = 0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Ledger:
+        """The ledger named by ``QUEUE_CHAOS_LEDGER``, as a worker process sees it."""
+        environ = os.environ if environ is None else environ
+        directory = environ.get(ENV_LEDGER)
+        if not directory:
+            raise UsageError(
+                f"{ENV_LEDGER} is not set; a job body must run in a worker started "
+                "by the harness, or with that variable naming a ledger directory"
+            )
+        return cls(directory)
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.directory)!r})"
+
+    def start(self, key: str, *, worker: str) -> int:
+        """Claim this execution's ordinal for ``key``, record its start, return n."""
+        n = self.claim(key)
+        self._append({"key": key, "n": n, "event": "start", "worker": worker})
+        return n
+
+    def finish(
+        self,
+        key: str,
+        n: int,
+        outcome: str,
+        *,
+        worker: str,
+        error: str | None = None,
+    ) -> None:
+        """Record that execution ``n`` of ``key`` ended with ``outcome`` (ok / fail)."""
+        _check_key(key)
+        if outcome not in _OUTCOMES:
+            raise UsageError(
+                f"execution outcome {outcome!r} is not one of {', '.join(_OUTCOMES)}"
+            )
+        record: dict[str, object] = {
+            "key": key,
+            "n": n,
+            "event": outcome,
+            "worker": worker,
+        }
+        if error is not None:
+            record["error"] = error[:_MAX_ERROR_CHARS]
+        self._append(record)
+
+    def claim(self, key: str) -> int:
+        """The ordinal of a new execution of ``key``: exact under any concurrency.
+
+        Claimed ordinals always form a prefix 1..m, because n is only tried
+        after n - 1 was seen to exist; so the first free one can be found by
+        galloping and bisection over existence, then taken with O_EXCL.  A
+        lost race only moves the attempt one further.
+        """
+        _check_key(key)
+        n = self._first_free(key, self._claimed.get(key, 0) + 1)
+        while True:
+            try:
+                fd = os.open(
+                    self._ordinal_path(key, n),
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                    0o644,
+                )
+            except FileExistsError:
+                n += 1
+                continue
+            os.close(fd)
+            self._claimed[key] = n
+            return n
+
+    def read(self) -> list[dict]:
+        """Every record of every process, sorted by ``t``.
+
+        A last line without its newline is what a writer killed in mid-write
+        can leave; it is skipped and counted in ``torn_lines``.  A broken line
+        anywhere else is not something a crash can produce, so it is an error.
+        """
+        records: list[dict] = []
+        torn = 0
+        for path in sorted(self.directory.glob("*.jsonl")):
+            data = path.read_bytes()
+            lines = data.split(b"\n")
+            for index, line in enumerate(lines):
+                if not line:
+                    continue
+                last = index == len(lines) - 1
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    if last:
+                        torn += 1
+                        continue
+                    raise ReportError(
+                        f"ledger file {path} has a broken record on line {index + 1}; "
+                        "only the last line of a killed writer may be incomplete"
+                    ) from None
+        self.torn_lines = torn
+        records.sort(key=lambda record: record["t"])
+        return records
+
+    def _ordinal_path(self, key: str, n: int) -> str:
+        return os.path.join(self._ordinals, f"{key}.{n}")
+
+    def _first_free(self, key: str, low: int) -> int:
+        # Invariant: every ordinal below `low` is taken; `high` was seen free.
+        if not os.path.exists(self._ordinal_path(key, low)):
+            return low
+        step = 1
+        high = low + step
+        while os.path.exists(self._ordinal_path(key, high)):
+            low = high + 1
+            step *= 2
+            high = low + step
+        while low < high:
+            middle = (low + high) // 2
+            if os.path.exists(self._ordinal_path(key, middle)):
+                low = middle + 1
+            else:
+                high = middle
+        return low
+
+    def _append(self, fields: dict[str, object]) -> None:
+        record = {"t": time.monotonic_ns(), **fields, "pid": os.getpid()}
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        fd = self._writer_fd()
+        view = memoryview(line)
+        # One write in practice; a short write is finished rather than lost,
+        # which is safe because nobody else appends to this process's file.
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+
+    def _writer_fd(self) -> int:
+        directory = str(self.directory)
+        pid = os.getpid()
+        with _writers_lock:
+            entry = _writers.get(directory)
+            if entry is not None and entry[0] == pid:
+                return entry[1]
+            name = f"{pid}-{secrets.token_hex(4)}.jsonl"
+            fd = os.open(
+                os.path.join(directory, name),
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                0o644,
+            )
+            _writers[directory] = (pid, fd)
+            return fd
