@@ -1,12 +1,202 @@
-"""The `queue-chaos` command line."""
+"""The `queue-chaos` command line.
+
+Exit status: 0 valid, 1 invalid, 3 unknown, 2 bad usage or input.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import sys
+from pathlib import Path
 
 from harness import __version__
-from harness.errors import QueueChaosError
+from harness.errors import QueueChaosError, UsageError
+
+EXIT_VALID, EXIT_INVALID, EXIT_USAGE, EXIT_UNKNOWN = 0, 1, 2, 3
+
+
+def _exit_for(valid: object) -> int:
+    return {True: EXIT_VALID, False: EXIT_INVALID}.get(valid, EXIT_UNKNOWN)
+
+
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"seed {text!r} is not a whole number; give e.g. --seed 42"
+        ) from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"seed {seed} is negative; give one >= 0")
+    return seed
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from harness.scenarios import CATALOGUE
+
+    if args.json:
+        print(json.dumps([
+            {"name": s.name, "case": s.case, "description": s.description,
+             "needs_server": s.needs_server, "needs_network": s.needs_network}
+            for s in CATALOGUE
+        ], indent=2))
+        return 0
+    width = max(len(s.name) for s in CATALOGUE)
+    for s in CATALOGUE:
+        print(f"{s.name:<{width}}  {s.case:<6} {s.description}")
+    return 0
+
+
+def cmd_adapters(args: argparse.Namespace) -> int:
+    from harness.adapters import get_adapter, names
+
+    rows = []
+    for name in names():
+        adapter = get_adapter(name)
+        reason = adapter.unavailable()
+        rows.append({"name": name, "library": adapter.library,
+                     "version": adapter.version(), "available": reason is None,
+                     "reason": reason})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        state = "available" if r["available"] else f"unavailable: {r['reason']}"
+        print(f"{r['name']:<{width}}  {r['library']} {r['version']}  {state}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness import postgres
+    from harness.adapters import get_adapter
+    from harness.runner import run_scenario
+    from harness.scenarios import get_scenario
+
+    scenario = get_scenario(args.scenario)
+    adapter = get_adapter(args.adapter)
+    reports = Path(args.reports)
+    _check_writable(reports)
+    server = postgres.server_from_env(args.pg_dsn, args.pg_bindir)
+    network = None
+    try:
+        if scenario.needs_network:
+            from harness.network import Network
+
+            network = Network.start(server, seed=args.seed or 0)
+        with _Progress(args.quiet) as progress:
+            result = run_scenario(
+                scenario, adapter=adapter, server=server, seed=args.seed,
+                reports_dir=reports, workers=args.workers,
+                duration_s=args.duration, progress=progress, network=network,
+            )
+    finally:
+        if network is not None:
+            network.close()
+        server.close()
+    print(result.summary())
+    return _exit_for(result.verdict.valid)
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(
+            f"reports folder {str(folder)!r} cannot be written ({exc.strerror}); "
+            "choose another with --reports"
+        ) from None
+
+
+class _Progress:
+    """A live line of what the run is doing, on a terminal; nothing otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._status = None
+
+    def __enter__(self) -> _Progress:
+        if not self.quiet:
+            from rich.console import Console
+
+            console = Console(stderr=True)
+            self._status = console.status("setting up")
+            self._status.__enter__()
+            self._console = console
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if self._status is None:
+            return
+        if phase == "setup":
+            self._console.print(f"report: {info['report_dir']}")
+        elif phase == "enqueued":
+            self._status.update(f"load: {info['index']} jobs enqueued")
+        elif phase == "draining":
+            self._status.update(f"drain: {info['pending']} jobs not finished")
+        else:
+            self._status.update(phase)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from harness.adapters.base import Semantics
+    from harness.checker import JobState, check
+    from harness.history import History
+    from harness.report import load_results
+
+    run_dir = Path(args.run_dir)
+    record = load_results(run_dir)
+    history_path = run_dir / "history.jsonl"
+    if not history_path.exists():
+        raise UsageError(f"no history.jsonl in {str(run_dir)!r}; it cannot be checked")
+    history = History.load(history_path)
+    final_path = run_dir / "final.json"
+    final = None
+    if final_path.exists():
+        final = {k: JobState(**v) for k, v in json.loads(final_path.read_text()).items()}
+    verdict = check(
+        history.ops(), final, Semantics(**record["semantics"]),
+        drained=record.get("drained", False),
+    )
+    out = verdict.to_dict()
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        kinds = sorted({a.kind for a in verdict.violations})
+        print(f"{run_dir}: valid={verdict.valid}"
+              + (f" ({', '.join(kinds)})" if kinds else "")
+              + (f" reason: {verdict.reason}" if verdict.reason else ""))
+    return _exit_for(verdict.valid)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +205,39 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fault-injection harness for PostgreSQL job queues.",
     )
     parser.add_argument("--version", action="version", version=__version__)
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what the harness does to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("scenarios", help="list the scenarios")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_scenarios)
+
+    p = sub.add_parser("adapters", help="list the adapters and their availability")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_adapters)
+
+    p = sub.add_parser("run", help="run one scenario against one adapter")
+    p.add_argument("scenario", help="a name from `queue-chaos scenarios`")
+    p.add_argument("--adapter", default="refqueue",
+                   help="queue under test (default: refqueue)")
+    p.add_argument("--seed", type=_seed, default=None,
+                   help="seed of the load and the fault schedule (default: random)")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="worker processes (default: the scenario's)")
+    p.add_argument("--duration", type=_positive_float, default=None,
+                   help="seconds of load (default: the scenario's)")
+    p.add_argument("--reports", default="reports", help="reports folder")
+    p.add_argument("--pg-dsn", default=None,
+                   help="an existing server instead of an ephemeral cluster")
+    p.add_argument("--pg-bindir", default=None, help="folder of Postgres binaries")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("check", help="check a recorded run again, offline")
+    p.add_argument("run_dir", help="a folder reports/<run-id>")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_check)
     return parser
 
 
@@ -24,12 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 2
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     try:
         return args.handler(args)
     except QueueChaosError as exc:
         print(f"queue-chaos: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("queue-chaos: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

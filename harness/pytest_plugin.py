@@ -27,10 +27,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(server faults are then refused); also QUEUE_CHAOS_PG_DSN",
     )
     group.addoption(
+        "--adapter",
+        action="append",
+        default=None,
+        help="queue adapter the scenarios run against (repeatable; default "
+        "refqueue); `queue-chaos adapters` lists them",
+    )
+    group.addoption(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of every scenario run (default: a random seed per run, "
+        "printed in each report)",
+    )
+    group.addoption(
+        "--reports",
+        default="reports",
+        help="folder where scenario runs write their reports",
+    )
+    group.addoption(
         "--pg-bindir",
         default=os.environ.get(postgres.BINDIR_ENV),
         help="folder of the Postgres binaries; also QUEUE_CHAOS_PG_BINDIR",
     )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "adapter_name" in metafunc.fixturenames:
+        names = metafunc.config.getoption("adapter") or ["refqueue"]
+        metafunc.parametrize("adapter_name", names, scope="session")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -94,3 +119,49 @@ def pg_database(
 def pg_dsn(pg_database: postgres.Database) -> str:
     """The DSN of a fresh, empty database for one test."""
     return pg_database.dsn
+
+
+@pytest.fixture(scope="session")
+def network(
+    pg_server: postgres.Cluster | postgres.ExternalServer,
+) -> Iterator[object]:
+    """The fault proxies of this test process, in front of its server."""
+    from harness.network import Network
+
+    net = Network.start(pg_server, seed=0)
+    try:
+        yield net
+    finally:
+        net.close()
+
+
+@pytest.fixture
+def run_scenario(
+    request: pytest.FixtureRequest,
+    pg_server: postgres.Cluster | postgres.ExternalServer,
+):
+    """Run a scenario of the catalogue here; returns its RunResult.
+
+    `run_scenario("f3-worker-killed", adapter="refqueue:delete_on_claim")`;
+    scenarios with network faults get the session's fault proxies.
+    """
+    from harness.runner import run_scenario as run
+    from harness.scenarios import get_scenario
+
+    config = request.config
+
+    def play(name: str, *, adapter: str = "refqueue", **options: object):
+        scenario = get_scenario(name)
+        if scenario.needs_server and not pg_server.owned:
+            pytest.skip(f"{name} faults the server; this run uses --pg-dsn")
+        if pg_server.owned:
+            pg_server.thaw()
+            pg_server.start()
+        net = request.getfixturevalue("network") if scenario.needs_network else None
+        options.setdefault("seed", config.getoption("seed"))
+        return run(
+            scenario, adapter=adapter, server=pg_server,
+            reports_dir=config.getoption("reports"), network=net, **options,
+        )
+
+    return play

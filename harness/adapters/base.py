@@ -60,3 +60,63 @@ class Semantics:
                     f"Semantics.{flag} is {getattr(self, flag)!r}; "
                     "it must be True or False"
                 )
+
+
+class Adapter:
+    """How the harness drives one queue implementation: the facade of a queue.
+
+    An adapter installs the queue's schema, enqueues a harness job inside the
+    caller's transaction, gives the command that starts one worker process
+    running the harness's job body, reads the final state of each job, and
+    declares its `semantics`. Nothing in the harness special-cases a queue
+    by name; everything it expects follows from these.
+    """
+
+    #: The name used on the command line (`--adapter NAME`).
+    name: str = ""
+    #: The distribution whose version goes into every report.
+    library: str = ""
+    semantics: Semantics
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    def unavailable(self) -> str | None:
+        """Why this adapter cannot run here, or None when it can."""
+        return None
+
+    def version(self) -> str:
+        """The version of the queue library under test."""
+        from importlib import metadata
+
+        try:
+            return metadata.version(self.library)
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+    def with_transactional_completion(self) -> Adapter | None:
+        """This adapter with the job's writes committed with its completion.
+
+        None when the queue cannot do that; a scenario that needs it then
+        fails with that reason.
+        """
+        return None
+
+    def install(self, dsn: str) -> None:
+        """Create the queue's schema in an empty database."""
+        raise NotImplementedError
+
+    def enqueue(self, conn: object, key: str, args: dict) -> None:
+        """Enqueue one job inside conn's current transaction; never commit."""
+        raise NotImplementedError
+
+    def worker_command(self, dsn: str, worker: str) -> list[str]:
+        """The command that starts one worker process running `harness.jobs`."""
+        raise NotImplementedError
+
+    def snapshot(self, dsn: str, keys: list[str]) -> dict[str, object]:
+        """The queue's final state of each key, as `harness.checker.JobState`.
+
+        A key the queue has no row for is `missing`.
+        """
+        raise NotImplementedError

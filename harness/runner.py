@@ -1,0 +1,396 @@
+"""One scenario run: set up, load, faults, heal, drain, check, report.
+
+Every run ends the same way: heal every fault, make sure the configured
+number of workers is alive, wait for the queue to drain (bounded by a
+deadline computed from the adapter's semantics), stop the workers gently,
+take the queue's final snapshot, check the history against it, and write the
+report. An interrupted run still writes a report of what it had, marked
+incomplete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from harness import report
+from harness.adapters import Adapter, get_adapter
+from harness.checker import Verdict, check
+from harness.errors import UsageError
+from harness.history import History
+from harness.ledger import Ledger
+from harness.nemesis import Nemesis, Window, random_schedule
+from harness.scenarios import Scenario
+from harness.workers import WorkerPool
+
+log = logging.getLogger("queue_chaos.runner")
+
+TERMINAL = ("done", "dead", "missing")
+ENQUEUE_DEADLINE_S = 10.0
+SNAPSHOT_EVERY_S = 0.25
+
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class RunResult:
+    """What a run found, and where its report is."""
+
+    verdict: Verdict
+    report_dir: Path
+    scenario: str
+    adapter: str
+    seed: int
+    complete: bool = True
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """The verdict, each anomaly's story, and the report's path, as text."""
+        return report.summary(self)
+
+
+def behaviour_for(seed: int, index: int, mix: dict[str, float]) -> str:
+    """The behaviour of the index-th job of a run: the same for the same seed."""
+    rng = random.Random(f"{seed}:{index}")
+    names = sorted(mix)
+    return rng.choices(names, weights=[mix[n] for n in names])[0]
+
+
+def schedule_for(scenario: Scenario, seed: int) -> list[Window]:
+    """The fault windows of a run: fixed, or drawn from the seed."""
+    if scenario.random_faults:
+        return random_schedule(
+            random.Random(f"{seed}:schedule"),
+            duration_s=scenario.duration_s,
+            faults=scenario.random_faults,
+        )
+    return list(scenario.faults)
+
+
+def drain_deadline_s(adapter: Adapter, scenario: Scenario) -> float:
+    """How long a correct queue may take to finish every job after the heal.
+
+    Each attempt may take the job timeout (or the slowest behaviour, or a lease
+    when a worker died holding it), a lease to be reclaimed, and a backoff;
+    a job may use every attempt. The backlog left after the load adds its
+    share on top, and a fixed margin covers restarts and reconnects.
+    """
+    s = adapter.semantics
+    run_s = max(s.job_timeout_s or 0.0, scenario.slowest_s(), 0.5)
+    per_attempt_s = run_s + s.lease_s + s.backoff_max_s + 1.0
+    return s.max_attempts * per_attempt_s + 15.0
+
+
+class _Client:
+    """One enqueuing client: records invoke, then ok, fail or info."""
+
+    def __init__(self, name: str, dsn: str, adapter: Adapter, history: History):
+        self.name = name
+        self.dsn = dsn
+        self.adapter = adapter
+        self.history = history
+        self._conn: psycopg.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"<Client {self.name}>"
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def enqueue(self, key: str, behaviour: str) -> str:
+        """Enqueue one job; the op type recorded (ok, fail or info)."""
+        self.history.append({"f": "enqueue", "type": "invoke", "process": self.name,
+                             "key": key, "behaviour": behaviour})
+        outcome, error = self._enqueue(key, behaviour)
+        op = {"f": "enqueue", "type": outcome, "process": self.name, "key": key}
+        if error:
+            op["error"] = error
+        self.history.append(op)
+        return outcome
+
+    def _enqueue(self, key: str, behaviour: str) -> tuple[str, str | None]:
+        committing = False
+        with _Deadline(self, ENQUEUE_DEADLINE_S):
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = psycopg.connect(
+                        self.dsn, connect_timeout=5, application_name=self.name
+                    )
+                self.adapter.enqueue(
+                    self._conn, key, {"key": key, "behaviour": behaviour}
+                )
+                committing = True
+                self._conn.commit()
+                return "ok", None
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+                self.close()
+                # Once COMMIT is sent, a lost connection says nothing of the
+                # outcome: it may have committed. Before that, it did not.
+                return ("info" if committing else "fail"), error
+
+    def abort(self) -> None:
+        """Cut a connection that stopped answering, from another thread."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        with contextlib.suppress(OSError):
+            # shutdown acts on the socket behind every descriptor of it, so
+            # the call blocked on the original descriptor sees the end
+            sock = socket.socket(fileno=os.dup(conn.fileno()))
+            with contextlib.closing(sock):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Deadline:
+    """Abort a client's connection when one call takes longer than timeout_s.
+
+    A black-holed or frozen server never answers, and no libpq setting bounds
+    a wait on a peer that keeps the TCP connection alive (the proxy does).
+    """
+
+    def __init__(self, client: _Client, timeout_s: float) -> None:
+        self._timer = threading.Timer(timeout_s, client.abort)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+class Run:
+    """The parts of one run, wired together; `execute` plays it."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        adapter: Adapter | str,
+        server: Any,
+        seed: int,
+        reports_dir: Path,
+        workers: int | None = None,
+        duration_s: float | None = None,
+        progress: Progress | None = None,
+        network: Any | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.adapter = get_adapter(adapter) if isinstance(adapter, str) else adapter
+        if scenario.transactional:
+            transactional = self.adapter.with_transactional_completion()
+            if transactional is None:
+                raise UsageError(
+                    f"scenario {scenario.name} needs transactional completion, "
+                    f"which adapter {self.adapter.name} does not offer"
+                )
+            self.adapter = transactional
+        self.server = server
+        self.seed = seed
+        self.workers = workers or scenario.workers
+        self.duration_s = duration_s if duration_s is not None else scenario.duration_s
+        self.progress = progress or (lambda phase, info: None)
+        self.network = network
+        self.report_dir = report.new_run_dir(
+            reports_dir, scenario.name, self.adapter.name, seed
+        )
+        self.history = History(self.report_dir / "history.jsonl")
+        self.ledger = Ledger(self.report_dir / "ledger")
+        self.timings: dict[str, float] = {}
+        self.windows = schedule_for(scenario, seed)
+        if duration_s is not None and not scenario.random_faults:
+            self.windows = [w for w in self.windows if w.at_s < self.duration_s]
+        self._keys: list[str] = []
+        self.final: dict[str, Any] | None = None
+        self.drained = False
+
+    def _phase(self, name: str, **info: Any) -> None:
+        self.history.append({"f": "phase", "type": "info", "process": "runner",
+                             "phase": name})
+        self.progress(name, info)
+
+    def execute(self) -> RunResult:
+        started = time.monotonic()
+        complete = False
+        verdict: Verdict | None = None
+        pool: WorkerPool | None = None
+        nemesis: Nemesis | None = None
+        database = None
+        self.progress("setup", {"report_dir": str(self.report_dir)})
+        try:
+            reason = self.adapter.unavailable()
+            if reason:
+                raise UsageError(f"adapter {self.adapter.name} is unavailable: {reason}")
+            database = self.server.create_database()
+            self.adapter.install(database.dsn)
+            worker_dsn = client_dsn = database.dsn
+            proxies = None
+            if self.network is not None:
+                proxies = self.network.proxies_for(database)
+                worker_dsn = proxies["workers"].dsn(database)
+                client_dsn = proxies["clients"].dsn(database)
+            pool = WorkerPool(
+                lambda name: self.adapter.worker_command(worker_dsn, name),
+                size=self.workers,
+                history=self.history,
+                env={"QUEUE_CHAOS_LEDGER": str(self.ledger.directory)},
+                log_dir=self.report_dir / "workers",
+            )
+            nemesis = Nemesis(
+                history=self.history, pool=pool, server=self.server,
+                database=database.name, rng=random.Random(f"{self.seed}:nemesis"),
+                proxies=proxies,
+            )
+            self.timings["setup_s"] = time.monotonic() - started
+
+            pool.start()
+            self._phase("load", jobs=self.scenario.jobs, faults=len(self.windows))
+            t = time.monotonic()
+            self._load_with_faults(client_dsn, pool, nemesis)
+            self.timings["load_s"] = time.monotonic() - t
+
+            self._phase("heal")
+            nemesis.heal_all()
+            pool.supervise()
+            self._phase("drain")
+            t = time.monotonic()
+            drained = self.drained = self._drain(database.dsn, pool)
+            self.timings["drain_s"] = time.monotonic() - t
+
+            self._phase("stop")
+            forced = pool.stop()
+            if forced:
+                self.history.append({"f": "phase", "type": "info", "process": "runner",
+                                     "phase": "forced-stop",
+                                     "workers": [w.name for w in forced]})
+            self._phase("snapshot")
+            final = self.final = self.adapter.snapshot(database.dsn, self._keys)
+            self.history.add_ledger(self.ledger.read())
+            self._phase("check")
+            verdict = check(
+                self.history.ops(), final, self.adapter.semantics, drained=drained
+            )
+            complete = True
+        finally:
+            if not complete:
+                with contextlib.suppress(Exception):
+                    if nemesis is not None:
+                        nemesis.heal_all()
+                with contextlib.suppress(Exception):
+                    if pool is not None:
+                        pool.stop(grace_s=2)
+                with contextlib.suppress(Exception):
+                    self.history.add_ledger(self.ledger.read())
+                verdict = Verdict("unknown", reason="the run did not finish")
+            self.timings["total_s"] = time.monotonic() - started
+            result = RunResult(
+                verdict, self.report_dir, self.scenario.name, self.adapter.name,
+                self.seed, complete, self.timings,
+            )
+            report.write(result, self)
+            if database is not None and complete:
+                with contextlib.suppress(Exception):
+                    self.server.drop_database(database.name)
+        self.progress("done", {"valid": verdict.valid})
+        return result
+
+    def _load_with_faults(
+        self, dsn: str, pool: WorkerPool, nemesis: Nemesis
+    ) -> None:
+        stop = threading.Event()
+        t0 = time.monotonic()
+        faults = threading.Thread(
+            target=nemesis.run, args=(self.windows, stop, t0), name="nemesis",
+            daemon=True,
+        )
+        faults.start()
+        client = _Client("client-0", dsn, self.adapter, self.history)
+        scenario = self.scenario
+        jobs_total = scenario.jobs
+        interval_s = self.duration_s / max(jobs_total, 1)
+        try:
+            for index in range(jobs_total):
+                due = t0 + index * interval_s
+                while time.monotonic() < due:
+                    pool.supervise()
+                    time.sleep(min(0.05, max(0.0, due - time.monotonic())))
+                key = f"j{index:05d}"
+                self._keys.append(key)
+                client.enqueue(key, behaviour_for(self.seed, index, scenario.mix))
+                self.progress("enqueued", {"key": key, "index": index + 1})
+            # the schedule may run past the last enqueue
+            while faults.is_alive() and time.monotonic() < t0 + self.duration_s:
+                pool.supervise()
+                faults.join(0.05)
+        finally:
+            stop.set()
+            faults.join()
+            client.close()
+
+    def _drain(self, dsn: str, pool: WorkerPool) -> bool:
+        """Wait until every job is terminal; False when the deadline passes."""
+        deadline = time.monotonic() + drain_deadline_s(self.adapter, self.scenario)
+        while True:
+            pool.supervise()
+            try:
+                states = self.adapter.snapshot(dsn, self._keys)
+                pending = [k for k, s in states.items() if s.state not in TERMINAL]
+                self.progress("draining", {"pending": len(pending)})
+                if not pending:
+                    return True
+            except psycopg.Error as exc:
+                log.warning("snapshot failed during drain", extra={"error": str(exc)})
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(SNAPSHOT_EVERY_S)
+
+
+def run_scenario(
+    scenario: Scenario | str,
+    *,
+    adapter: Adapter | str = "refqueue",
+    server: Any,
+    seed: int | None = None,
+    reports_dir: Path | str = "reports",
+    workers: int | None = None,
+    duration_s: float | None = None,
+    progress: Progress | None = None,
+    network: Any | None = None,
+) -> RunResult:
+    """Run one scenario against one adapter and return its result."""
+    from harness.scenarios import get_scenario
+
+    if isinstance(scenario, str):
+        scenario = get_scenario(scenario)
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    if scenario.needs_server and not getattr(server, "owned", False):
+        raise UsageError(
+            f"scenario {scenario.name} faults the server, which needs an "
+            "ephemeral cluster; run it without --pg-dsn"
+        )
+    run = Run(
+        scenario, adapter=adapter, server=server, seed=seed,
+        reports_dir=Path(reports_dir), workers=workers, duration_s=duration_s,
+        progress=progress, network=network,
+    )
+    return run.execute()
+
+
+__all__ = ["Run", "RunResult", "behaviour_for", "drain_deadline_s", "run_scenario"]

@@ -1,0 +1,152 @@
+"""The scenario catalogue: one or more scenarios per failure case F1 to F6.
+
+A scenario is data: the mix of job behaviours, how many jobs over how long,
+how many workers, and the faults (a fixed list of windows, or kinds to draw
+a random schedule from). The runner plays it against any adapter; nothing
+here names a queue library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.errors import UsageError
+from harness.jobs import Behaviour
+from harness.nemesis import NETWORK_FAULTS, SERVER_FAULTS, Window
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One scenario of the catalogue."""
+
+    name: str
+    case: str
+    description: str
+    mix: dict[str, float]
+    jobs: int
+    duration_s: float
+    workers: int = 2
+    faults: tuple[Window, ...] = ()
+    random_faults: tuple[str, ...] = ()
+    transactional: bool = False
+    tags: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        for behaviour in self.mix:
+            Behaviour.parse(behaviour)
+
+    def fault_kinds(self) -> set[str]:
+        return {w.fault for w in self.faults} | set(self.random_faults)
+
+    @property
+    def needs_server(self) -> bool:
+        """True when a fault acts on the server's processes."""
+        return bool(self.fault_kinds() & set(SERVER_FAULTS))
+
+    @property
+    def needs_network(self) -> bool:
+        """True when a fault acts through the fault proxy."""
+        return bool(self.fault_kinds() & set(NETWORK_FAULTS))
+
+    def slowest_s(self) -> float:
+        """The longest a behaviour of the mix runs when it neither hangs nor fails."""
+        return max((Behaviour.parse(b).seconds or 0.0 for b in self.mix), default=0.0)
+
+
+def _windows(*specs: tuple) -> tuple[Window, ...]:
+    return tuple(Window(*spec) for spec in specs)
+
+
+CATALOGUE: tuple[Scenario, ...] = (
+    Scenario(
+        name="f1-transient-failures",
+        case="F1",
+        description="jobs that fail once or twice are retried with backoff and "
+        "end done",
+        mix={"ok": 1, "fail_first:1": 2, "fail_first:2": 2},
+        jobs=60,
+        duration_s=5,
+    ),
+    Scenario(
+        name="f2-poison-jobs",
+        case="F2",
+        description="jobs that fail every time stop after max attempts and end "
+        "dead, kept and visible",
+        mix={"fail_always": 2, "ok": 1, "fail_first:2": 1},
+        jobs=40,
+        duration_s=4,
+    ),
+    Scenario(
+        name="f3-worker-killed",
+        case="F3",
+        description="workers SIGKILLed mid-job: their jobs are claimed again "
+        "after the lease expires, nothing lost",
+        mix={"slow:1": 3, "ok": 1, "fail_first:1": 1},
+        jobs=40,
+        duration_s=9,
+        workers=3,
+        faults=_windows((1.5, "kill-worker"), (3.5, "kill-worker"),
+                        (5.5, "kill-worker"), (7.5, "kill-worker")),
+    ),
+    Scenario(
+        name="f4-crashing-jobs",
+        case="F4",
+        description="jobs that crash their process (exit, SIGSEGV) use up "
+        "attempts; one that always crashes ends dead",
+        mix={"crash_first:1": 2, "crash_first:1:segv": 1, "crash_always": 1,
+             "crash_always:segv": 1, "ok": 2},
+        jobs=40,
+        duration_s=5,
+    ),
+    Scenario(
+        name="f5-hung-jobs-and-paused-workers",
+        case="F5",
+        description="hung jobs are freed by the job timeout; a worker paused "
+        "past its lease cannot complete a job it no longer holds",
+        mix={"hang_first:1": 1, "hang_always": 1, "slow:3": 1, "slow:1": 2,
+             "ok": 2},
+        jobs=30,
+        duration_s=10,
+        workers=3,
+        faults=_windows((2.0, "pause-worker", 4.5), (6.0, "pause-worker", 4.0)),
+        transactional=True,
+    ),
+    Scenario(
+        name="f6-database-faults",
+        case="F6",
+        description="the database crashes, restarts, freezes and terminates "
+        "connections; workers reconnect and no acknowledged job is lost",
+        mix={"ok": 3, "slow:0.5": 1, "fail_first:1": 1},
+        jobs=60,
+        duration_s=11,
+        faults=_windows((2.0, "crash-db", 0.5), (4.5, "terminate-backends"),
+                        (6.0, "freeze-db", 1.5), (9.0, "restart-db", 0.5)),
+    ),
+    Scenario(
+        name="mixed-chaos",
+        case="F1-F6",
+        description="a random schedule of worker and server faults over a mix of "
+        "every behaviour",
+        mix={"ok": 4, "slow:1": 2, "fail_first:1": 2, "fail_always": 1,
+             "crash_first:1": 1, "hang_first:1": 1},
+        jobs=60,
+        duration_s=14,
+        workers=3,
+        random_faults=("kill-worker", "pause-worker", "crash-db", "freeze-db",
+                       "terminate-backends"),
+    ),
+)
+
+
+def names() -> list[str]:
+    return [s.name for s in CATALOGUE]
+
+
+def get_scenario(name: str) -> Scenario:
+    for scenario in CATALOGUE:
+        if scenario.name == name:
+            return scenario
+    raise UsageError(
+        f"unknown scenario {name!r}; `queue-chaos scenarios` lists them: "
+        + ", ".join(names())
+    )
