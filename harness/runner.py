@@ -304,6 +304,8 @@ class Run:
                 self.seed, complete, self.timings,
             )
             report.write(result, self)
+            if database is not None and self.network is not None:
+                self.network.release(database)
             if database is not None and complete:
                 with contextlib.suppress(Exception):
                     self.server.drop_database(database.name)
