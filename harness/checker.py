@@ -51,7 +51,7 @@ PROPERTIES = (
 
 JOB_STATES = ("pending", "running", "done", "dead", "missing")
 _WAITING = ("pending", "running")
-_NOTHING_TO_ACT_ON = "nothing to act on"
+_ACTED = "acted"
 
 
 @dataclass(frozen=True)
@@ -198,11 +198,15 @@ def check(
     whose key is absent from ``final`` counts as missing.  If the checker
     itself fails, the verdict is unknown with the reason, never False.
     """
-    try:
-        return _judge(list(ops), final, semantics, drained, complete, safety_only=False)
-    except Exception as exc:
-        logger.error("checker failed", exc_info=True)
-        return Verdict("unknown", reason=f"the checker failed: {exc!r}")
+    if final is None:
+        not_judged = "the queue's final state was not taken"
+    elif not drained:
+        not_judged = "the run did not drain"
+    elif not complete:
+        not_judged = "the history is incomplete"
+    else:
+        not_judged = None
+    return _guarded(ops, final if not_judged is None else None, semantics, not_judged)
 
 
 def check_safety(ops: Iterable[dict[str, Any]], semantics: Semantics) -> Verdict:
@@ -210,8 +214,17 @@ def check_safety(ops: Iterable[dict[str, Any]], semantics: Semantics) -> Verdict
 
     Valid is True or False (unknown only if the checker itself fails).
     """
+    return _guarded(ops, None, semantics, None)
+
+
+def _guarded(
+    ops: Iterable[dict[str, Any]],
+    final: Mapping[str, JobState] | None,
+    semantics: Semantics,
+    not_judged: str | None,
+) -> Verdict:
     try:
-        return _judge(list(ops), None, semantics, False, True, safety_only=True)
+        return _judge(list(ops), final, semantics, not_judged)
     except Exception as exc:
         logger.error("checker failed", exc_info=True)
         return Verdict("unknown", reason=f"the checker failed: {exc!r}")
@@ -221,11 +234,9 @@ def _judge(
     ops: list[dict[str, Any]],
     final: Mapping[str, JobState] | None,
     semantics: Semantics,
-    drained: bool,
-    complete: bool,
-    *,
-    safety_only: bool,
+    not_judged: str | None,
 ) -> Verdict:
+    """Safety always; liveness when ``final`` is given; unknown if ``not_judged``."""
     ops.sort(key=lambda op: op["t"])
     jobs = _jobs(ops)
     faults = _faults(ops)
@@ -238,17 +249,8 @@ def _judge(
         found += _safety(job, faults, workers, semantics)
         found += _noted(job)
 
-    not_judged = None
-    if not safety_only:
-        if final is None:
-            not_judged = "the queue's final state was not taken"
-        elif not drained:
-            not_judged = "the run did not drain"
-        elif not complete:
-            not_judged = "the history is incomplete"
-    judged = not safety_only and not_judged is None
     undecided: list[str] = []
-    if judged:
+    if final is not None:
         for job in jobs.values():
             state = final.get(job.key, _MISSING)
             found += _liveness(job, state, semantics, undecided)
@@ -258,13 +260,13 @@ def _judge(
         Anomaly(kind, key, story(stories.get(key, []), start_ns=start_ns), detail)
         for kind, key, detail in found
     ]
-    counts = _counts(jobs, anomalies, judged, semantics)
+    counts = _counts(jobs, anomalies, final is not None, semantics)
     if undecided:
         counts["effects"] = None
     violated = any(anomaly.kind not in NOTED for anomaly in anomalies)
     if violated:
         return Verdict(False, counts, anomalies)
-    if not safety_only and not_judged is not None:
+    if not_judged is not None:
         reason = f"liveness not judged: {not_judged}"
         return Verdict("unknown", counts, anomalies, reason)
     if undecided:
@@ -311,7 +313,9 @@ def _faults(ops: list[dict[str, Any]]) -> list[_Fault]:
         targets = op.get("targets")
         if targets:
             fault.targets = (targets,) if isinstance(targets, str) else tuple(targets)
-        if op.get("effect") == _NOTHING_TO_ACT_ON:
+        # Only a fault that acted can have cost anyone a lease; one that found
+        # nothing to act on, or was refused, changed nothing.
+        if op.get("effect", _ACTED) != _ACTED:
             fault.acted = False
     return list(faults.values())
 

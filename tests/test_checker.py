@@ -260,6 +260,9 @@ OVERLAP = [
             id="no-effect",
         ),
         pytest.param(
+            fault("f1", ["db"], 20, 30, effect="refused"), SEMANTICS, 1, id="refused"
+        ),
+        pytest.param(
             [],
             Semantics(max_attempts=3, lease_s=0.03),
             0,
