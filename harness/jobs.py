@@ -81,15 +81,22 @@ class Behaviour:
     segv: bool = False
 
     def __post_init__(self) -> None:
-        takes_first = self.kind in ("fail", "crash", "hang")
-        bad = (
-            self.kind not in _KINDS
-            or (self.first is not None and (not takes_first or self.first < 0))
-            or (self.kind != "slow" and self.seconds != 0.0)
-            or not math.isfinite(self.seconds)
-            or self.seconds < 0
-            or (self.segv and self.kind != "crash")
+        first, seconds = self.first, self.seconds
+        first_ok = first is None or (
+            self.kind in ("fail", "crash", "hang")
+            and isinstance(first, int)
+            and not isinstance(first, bool)
+            and first >= 0
         )
+        seconds_ok = (
+            isinstance(seconds, (int, float))
+            and not isinstance(seconds, bool)
+            and math.isfinite(seconds)
+            and seconds >= 0
+            and (self.kind == "slow" or seconds == 0)
+        )
+        segv_ok = self.segv is False or (self.segv is True and self.kind == "crash")
+        bad = self.kind not in _KINDS or not (first_ok and seconds_ok and segv_ok)
         if bad:
             raise UsageError(
                 f"{self!r} is not a job behaviour; accepted forms: {_FORMS}"

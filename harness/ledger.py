@@ -106,6 +106,8 @@ class Ledger:
     ) -> None:
         """Record that execution ``n`` of ``key`` ended with ``outcome`` (ok / fail)."""
         _check_key(key)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise UsageError(f"execution ordinal {n!r} must be an integer >= 1")
         if outcome not in _OUTCOMES:
             raise UsageError(
                 f"execution outcome {outcome!r} is not one of {', '.join(_OUTCOMES)}"

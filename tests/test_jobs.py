@@ -120,9 +120,21 @@ def test_a_bad_behaviour_names_the_value_and_the_accepted_forms(text):
     assert "fail_first:K, fail_always, crash_first:K[:segv]" in message
 
 
-def test_a_behaviour_built_by_hand_is_checked_too():
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"kind": "fail", "first": -2},
+        {"kind": "fail", "first": "2"},
+        {"kind": "ok", "first": 1},
+        {"kind": "slow", "seconds": "1"},
+        {"kind": "hang", "seconds": 1.0},
+        {"kind": "fail", "segv": True},
+        {"kind": "explode"},
+    ],
+)
+def test_a_behaviour_built_by_hand_is_checked_too(fields):
     with pytest.raises(UsageError, match="is not a job behaviour"):
-        Behaviour("fail", first=-2)
+        Behaviour(**fields)
 
 
 @pytest.mark.parametrize(

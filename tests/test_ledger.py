@@ -185,9 +185,11 @@ def test_a_key_that_cannot_name_a_file_is_refused(tmp_path, key):
         Ledger(tmp_path).start(key, worker="worker-0")
 
 
-def test_an_unknown_outcome_is_refused(tmp_path):
+def test_an_unknown_outcome_or_ordinal_is_refused(tmp_path):
     with pytest.raises(UsageError, match="'done' is not one of ok, fail"):
         Ledger(tmp_path).finish("k", 1, "done", worker="worker-0")
+    with pytest.raises(UsageError, match="ordinal 0 must be an integer >= 1"):
+        Ledger(tmp_path).finish("k", 0, "ok", worker="worker-0")
 
 
 def test_the_ledger_comes_from_the_environment(tmp_path):
