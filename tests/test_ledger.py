@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections import Counter
 
 import pytest
@@ -21,6 +21,7 @@ from harness.ledger import ENV_LEDGER, Ledger
 # each ordinal once both its records are written.
 WRITER = """\
 import sys
+import threading
 from harness.ledger import Ledger
 ledger = Ledger(sys.argv[1])
 for _ in range(int(sys.argv[2])):
@@ -30,23 +31,21 @@ for _ in range(int(sys.argv[2])):
 """
 
 
-def wait_for(condition, *, timeout_s=10.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what} after {timeout_s} s")
-        time.sleep(0.005)
-
-
-def start_writer(directory, count, worker):
-    return subprocess.Popen(
+def start_writer(directory, count, worker, *, deadline_s=20.0):
+    process = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(directory), str(count), worker],
         stdout=subprocess.PIPE,
         text=True,
     )
+    # Reading its output blocks; a writer past its deadline is killed, so a
+    # broken writer fails the test instead of hanging it.
+    process.deadline = threading.Timer(deadline_s, process.kill)
+    process.deadline.start()
+    return process
 
 
 def stop(process):
+    process.deadline.cancel()
     if process.poll() is None:
         process.kill()
     process.wait(timeout=10)
