@@ -187,6 +187,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     verdict = check(
         history.ops(), final, Semantics(**record["semantics"]),
         drained=record.get("drained", False),
+        complete=history.complete and record.get("complete", False),
     )
     out = verdict.to_dict()
     if args.json:

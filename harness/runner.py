@@ -219,6 +219,11 @@ class Run:
         self._keys: list[str] = []
         self.final: dict[str, Any] | None = None
         self.drained = False
+        self.database: Any = None
+        self.pool: WorkerPool | None = None
+        self.nemesis: Nemesis | None = None
+        self.client: _Client | None = None
+        self._started = time.monotonic()
 
     def _phase(self, name: str, **info: Any) -> None:
         self.history.append({"f": "phase", "type": "info", "process": "runner",
@@ -226,124 +231,159 @@ class Run:
         self.progress(name, info)
 
     def execute(self) -> RunResult:
-        started = time.monotonic()
-        complete = False
-        verdict: Verdict | None = None
-        pool: WorkerPool | None = None
-        nemesis: Nemesis | None = None
-        database = None
-        self.progress("setup", {"report_dir": str(self.report_dir)})
+        """Play the scenario: open, load under the fault schedule, finish."""
         try:
-            reason = self.adapter.unavailable()
-            if reason:
-                raise UsageError(f"adapter {self.adapter.name} is unavailable: {reason}")
-            database = self.server.create_database()
-            self.adapter.install(database.dsn)
-            worker_dsn = client_dsn = database.dsn
-            proxies = None
-            if self.network is not None:
-                proxies = self.network.proxies_for(database)
-                worker_dsn = proxies["workers"].dsn(database)
-                client_dsn = proxies["clients"].dsn(database)
-            pool = WorkerPool(
-                lambda name: self.adapter.worker_command(worker_dsn, name),
-                size=self.workers,
-                history=self.history,
-                env={"QUEUE_CHAOS_LEDGER": str(self.ledger.directory)},
-                log_dir=self.report_dir / "workers",
-            )
-            nemesis = Nemesis(
-                history=self.history, pool=pool, server=self.server,
-                database=database.name, rng=random.Random(f"{self.seed}:nemesis"),
-                proxies=proxies,
-            )
-            self.timings["setup_s"] = time.monotonic() - started
-
-            pool.start()
+            self.open()
             self._phase("load", jobs=self.scenario.jobs, faults=len(self.windows))
             t = time.monotonic()
-            self._load_with_faults(client_dsn, pool, nemesis)
+            self._load_with_faults()
             self.timings["load_s"] = time.monotonic() - t
+        except BaseException:
+            self.finish(complete=False)
+            raise
+        return self.finish()
 
-            self._phase("heal")
-            nemesis.heal_all()
-            pool.supervise()
-            self._phase("drain")
-            t = time.monotonic()
-            drained = self.drained = self._drain(database.dsn, pool)
-            self.timings["drain_s"] = time.monotonic() - t
+    # The steps of a run, also driven one by one by the stateful test.
 
-            self._phase("stop")
-            forced = pool.stop()
-            if forced:
-                self.history.append({"f": "phase", "type": "info", "process": "runner",
-                                     "phase": "forced-stop",
-                                     "workers": [w.name for w in forced]})
-            self._phase("snapshot")
-            final = self.final = self.adapter.snapshot(database.dsn, self._keys)
-            self.history.add_ledger(self.ledger.read())
-            self._phase("check")
-            verdict = check(
-                self.history.ops(), final, self.adapter.semantics, drained=drained
-            )
-            complete = True
+    def open(self) -> None:
+        """Create the database, install the queue, start proxies and workers."""
+        self._started = time.monotonic()
+        self.progress("setup", {"report_dir": str(self.report_dir)})
+        reason = self.adapter.unavailable()
+        if reason:
+            raise UsageError(f"adapter {self.adapter.name} is unavailable: {reason}")
+        self.database = self.server.create_database()
+        self.adapter.install(self.database.dsn)
+        worker_dsn = client_dsn = self.database.dsn
+        proxies = None
+        if self.network is not None:
+            proxies = self.network.proxies_for(self.database)
+            worker_dsn = proxies["workers"].dsn(self.database)
+            client_dsn = proxies["clients"].dsn(self.database)
+        self.pool = WorkerPool(
+            lambda name: self.adapter.worker_command(worker_dsn, name),
+            size=self.workers,
+            history=self.history,
+            env={"QUEUE_CHAOS_LEDGER": str(self.ledger.directory)},
+            log_dir=self.report_dir / "workers",
+        )
+        self.nemesis = Nemesis(
+            history=self.history, pool=self.pool, server=self.server,
+            database=self.database.name,
+            rng=random.Random(f"{self.seed}:nemesis"), proxies=proxies,
+        )
+        self.client = _Client("client-0", client_dsn, self.adapter, self.history)
+        self.pool.start()
+        self.timings["setup_s"] = time.monotonic() - self._started
+
+    def enqueue(self, key: str, behaviour: str) -> str:
+        """Enqueue one job through the client; the op type recorded."""
+        self._keys.append(key)
+        return self.client.enqueue(key, behaviour)
+
+    def finish(self, *, complete: bool = True) -> RunResult:
+        """Heal, drain, stop workers, snapshot, check and write the report.
+
+        With complete=False (an interrupted run) it only cleans up and writes
+        what it had, marked incomplete, with an unknown verdict.
+        """
+        verdict: Verdict | None = None
+        try:
+            if complete:
+                verdict = self._conclude()
+        except BaseException:
+            complete = False
+            raise
         finally:
             if not complete:
-                with contextlib.suppress(Exception):
-                    if nemesis is not None:
-                        nemesis.heal_all()
-                with contextlib.suppress(Exception):
-                    if pool is not None:
-                        pool.stop(grace_s=2)
-                with contextlib.suppress(Exception):
-                    self.history.add_ledger(self.ledger.read())
+                self._abandon()
                 verdict = Verdict("unknown", reason="the run did not finish")
-            self.timings["total_s"] = time.monotonic() - started
+            self.timings["total_s"] = time.monotonic() - self._started
             result = RunResult(
                 verdict, self.report_dir, self.scenario.name, self.adapter.name,
                 self.seed, complete, self.timings,
             )
             report.write(result, self)
-            if database is not None and self.network is not None:
-                self.network.release(database)
-            if database is not None and complete:
-                with contextlib.suppress(Exception):
-                    self.server.drop_database(database.name)
+            self._release(drop=complete)
         self.progress("done", {"valid": verdict.valid})
         return result
 
-    def _load_with_faults(
-        self, dsn: str, pool: WorkerPool, nemesis: Nemesis
-    ) -> None:
+    def _conclude(self) -> Verdict:
+        self._phase("heal")
+        self.nemesis.heal_all()
+        self.pool.supervise()
+
+        self._phase("drain")
+        t = time.monotonic()
+        self.drained = self._drain(self.database.dsn, self.pool)
+        self.timings["drain_s"] = time.monotonic() - t
+
+        self._phase("stop")
+        forced = self.pool.stop()
+        if forced:
+            self.history.append({"f": "phase", "type": "info", "process": "runner",
+                                 "phase": "forced-stop",
+                                 "workers": [w.name for w in forced]})
+
+        self._phase("snapshot")
+        self.final = self.adapter.snapshot(self.database.dsn, self._keys)
+        self.history.add_ledger(self.ledger.read())
+
+        self._phase("check")
+        return check(
+            self.history.ops(), self.final, self.adapter.semantics,
+            drained=self.drained,
+        )
+
+    def _abandon(self) -> None:
+        """Heal and stop what an interrupted run started; keep what it recorded."""
+        with contextlib.suppress(Exception):
+            if self.nemesis is not None:
+                self.nemesis.heal_all()
+        with contextlib.suppress(Exception):
+            if self.pool is not None:
+                self.pool.stop(grace_s=2)
+        with contextlib.suppress(Exception):
+            self.history.add_ledger(self.ledger.read())
+
+    def _release(self, *, drop: bool) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.database is None:
+            return
+        if self.network is not None:
+            with contextlib.suppress(Exception):
+                self.network.release(self.database)
+        if drop:
+            with contextlib.suppress(Exception):
+                self.server.drop_database(self.database.name)
+
+    def _load_with_faults(self) -> None:
         stop = threading.Event()
         t0 = time.monotonic()
         faults = threading.Thread(
-            target=nemesis.run, args=(self.windows, stop, t0), name="nemesis",
+            target=self.nemesis.run, args=(self.windows, stop, t0), name="nemesis",
             daemon=True,
         )
         faults.start()
-        client = _Client("client-0", dsn, self.adapter, self.history)
         scenario = self.scenario
-        jobs_total = scenario.jobs
-        interval_s = self.duration_s / max(jobs_total, 1)
+        interval_s = self.duration_s / max(scenario.jobs, 1)
         try:
-            for index in range(jobs_total):
+            for index in range(scenario.jobs):
                 due = t0 + index * interval_s
                 while time.monotonic() < due:
-                    pool.supervise()
+                    self.pool.supervise()
                     time.sleep(min(0.05, max(0.0, due - time.monotonic())))
                 key = f"j{index:05d}"
-                self._keys.append(key)
-                client.enqueue(key, behaviour_for(self.seed, index, scenario.mix))
+                self.enqueue(key, behaviour_for(self.seed, index, scenario.mix))
                 self.progress("enqueued", {"key": key, "index": index + 1})
             # the schedule may run past the last enqueue
             while faults.is_alive() and time.monotonic() < t0 + self.duration_s:
-                pool.supervise()
+                self.pool.supervise()
                 faults.join(0.05)
         finally:
             stop.set()
             faults.join()
-            client.close()
 
     def _drain(self, dsn: str, pool: WorkerPool) -> bool:
         """Wait until every job is terminal; False when the deadline passes."""
