@@ -27,7 +27,7 @@ RETURNING job.id, job.key, job.queue, job.args, 'running' AS state,
 -- name: no_lease_expiry.claim
 -- Claim ready jobs only: a running job whose lease expired is never claimed again.
 WITH due AS (
-    SELECT id, attempts < max_attempts AS has_attempt_left
+    SELECT id, state = 'running' AND attempts >= max_attempts AS lost_final_attempt
     FROM refqueue_jobs
     WHERE queue = %(queue)s
       AND (
@@ -45,7 +45,7 @@ claimed AS (
         lease_expires_at = now() + make_interval(secs => %(lease_s)s),
         worker = %(worker)s
     FROM due
-    WHERE job.id = due.id AND due.has_attempt_left
+    WHERE job.id = due.id AND NOT due.lost_final_attempt
     RETURNING job.*
 ),
 exhausted AS (
@@ -56,7 +56,7 @@ exhausted AS (
         lease_expires_at = NULL,
         finished_at = now()
     FROM due
-    WHERE job.id = due.id AND NOT due.has_attempt_left
+    WHERE job.id = due.id AND due.lost_final_attempt
     RETURNING job.*
 )
 SELECT id, key, queue, args, state, attempts, max_attempts, lease_token FROM claimed
@@ -67,7 +67,7 @@ SELECT id, key, queue, args, state, attempts, max_attempts, lease_token FROM exh
 -- name: claim_without_lock.claim
 -- Claim without locking the due rows: two workers can claim the same job at once.
 WITH due AS (
-    SELECT id, attempts < max_attempts AS has_attempt_left
+    SELECT id, state = 'running' AND attempts >= max_attempts AS lost_final_attempt
     FROM refqueue_jobs
     WHERE queue = %(queue)s
       AND (
@@ -85,7 +85,7 @@ claimed AS (
         lease_expires_at = now() + make_interval(secs => %(lease_s)s),
         worker = %(worker)s
     FROM due
-    WHERE job.id = due.id AND due.has_attempt_left
+    WHERE job.id = due.id AND NOT due.lost_final_attempt
     RETURNING job.*
 ),
 exhausted AS (
@@ -96,7 +96,7 @@ exhausted AS (
         lease_expires_at = NULL,
         finished_at = now()
     FROM due
-    WHERE job.id = due.id AND NOT due.has_attempt_left
+    WHERE job.id = due.id AND due.lost_final_attempt
     RETURNING job.*
 )
 SELECT id, key, queue, args, state, attempts, max_attempts, lease_token FROM claimed
@@ -107,7 +107,7 @@ SELECT id, key, queue, args, state, attempts, max_attempts, lease_token FROM exh
 -- name: attempts_on_exception_only.claim
 -- Claim without counting the attempt (fail counts it instead).
 WITH due AS (
-    SELECT id, attempts < max_attempts AS has_attempt_left
+    SELECT id, state = 'running' AND attempts >= max_attempts AS lost_final_attempt
     FROM refqueue_jobs
     WHERE queue = %(queue)s
       AND (
@@ -125,7 +125,7 @@ claimed AS (
         lease_expires_at = now() + make_interval(secs => %(lease_s)s),
         worker = %(worker)s
     FROM due
-    WHERE job.id = due.id AND due.has_attempt_left
+    WHERE job.id = due.id AND NOT due.lost_final_attempt
     RETURNING job.*
 ),
 exhausted AS (
@@ -136,7 +136,7 @@ exhausted AS (
         lease_expires_at = NULL,
         finished_at = now()
     FROM due
-    WHERE job.id = due.id AND NOT due.has_attempt_left
+    WHERE job.id = due.id AND due.lost_final_attempt
     RETURNING job.*
 )
 SELECT id, key, queue, args, state, attempts, max_attempts, lease_token FROM claimed
@@ -163,7 +163,7 @@ RETURNING state;
 -- name: client_clock_lease.claim
 -- Claim with the lease's expiry computed from the worker's clock, not now().
 WITH due AS (
-    SELECT id, attempts < max_attempts AS has_attempt_left
+    SELECT id, state = 'running' AND attempts >= max_attempts AS lost_final_attempt
     FROM refqueue_jobs
     WHERE queue = %(queue)s
       AND (
@@ -182,7 +182,7 @@ claimed AS (
         lease_expires_at = %(worker_now)s + make_interval(secs => %(lease_s)s),
         worker = %(worker)s
     FROM due
-    WHERE job.id = due.id AND due.has_attempt_left
+    WHERE job.id = due.id AND NOT due.lost_final_attempt
     RETURNING job.*
 ),
 exhausted AS (
@@ -193,7 +193,7 @@ exhausted AS (
         lease_expires_at = NULL,
         finished_at = now()
     FROM due
-    WHERE job.id = due.id AND NOT due.has_attempt_left
+    WHERE job.id = due.id AND due.lost_final_attempt
     RETURNING job.*
 )
 SELECT id, key, queue, args, state, attempts, max_attempts, lease_token FROM claimed

@@ -11,7 +11,7 @@ SELECT id, pg_notify('refqueue', queue) FROM job;
 -- name: claim
 -- Lease up to limit due jobs (ready, or running on an expired lease); count attempts.
 WITH due AS (
-    SELECT id, attempts < max_attempts AS has_attempt_left
+    SELECT id, state = 'running' AND attempts >= max_attempts AS lost_final_attempt
     FROM refqueue_jobs
     WHERE queue = %(queue)s
       AND (
@@ -31,7 +31,7 @@ claimed AS (
         lease_expires_at = now() + make_interval(secs => %(lease_s)s),
         worker = %(worker)s
     FROM due
-    WHERE job.id = due.id AND due.has_attempt_left
+    WHERE job.id = due.id AND NOT due.lost_final_attempt
     RETURNING job.*
 ),
 -- an expired lease on the final attempt ends the job: that attempt was used up
@@ -43,7 +43,7 @@ exhausted AS (
         lease_expires_at = NULL,
         finished_at = now()
     FROM due
-    WHERE job.id = due.id AND NOT due.has_attempt_left
+    WHERE job.id = due.id AND due.lost_final_attempt
     RETURNING job.*
 )
 SELECT id, key, queue, args, state, attempts, max_attempts, lease_token FROM claimed
