@@ -204,8 +204,10 @@ def connect(
     try:
         client.version()
     except ProxyError as exc:
+        reason = exc.reason if isinstance(exc, ProxyUnreachable) else str(exc)
         fix = "unset it" if name == "TOXIPROXY_URL" else "pass another url"
         raise ProxyUnreachable(
-            f"{name}={url} does not answer; start Toxiproxy there or {fix} ({exc})"
+            f"{name}={url} does not answer; start Toxiproxy there or {fix} ({reason})",
+            reason=reason,
         ) from None
     return client

@@ -317,13 +317,15 @@ class ToxiproxyClient:
         except urllib.error.HTTPError as exc:
             raise self._failure(exc, method, path, what, proxy, toxic) from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            if isinstance(reason, TimeoutError):
+            cause = getattr(exc, "reason", exc)
+            reason = str(cause)
+            if isinstance(cause, TimeoutError):
                 reason = f"no answer within {self.timeout_s} s"
             raise ProxyUnreachable(
                 f"fault proxy API at {self.url} does not answer ({reason}) to "
                 f"{method} {path}; start it, or point TOXIPROXY_URL at a running "
-                "Toxiproxy"
+                "Toxiproxy",
+                reason=reason,
             ) from None
 
         log.debug("api call", extra={"method": method, "path": path})

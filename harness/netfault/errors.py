@@ -39,4 +39,11 @@ class ProxyRequestRejected(ProxyRequestFailed):
 
 
 class ProxyUnreachable(ProxyError):
-    """The proxy API did not answer: refused, timed out, or not HTTP."""
+    """The proxy API did not answer: refused, timed out, or not HTTP.
+
+    ``reason`` is the low-level cause, e.g. "[Errno 111] Connection refused".
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import http
 import json
 import logging
@@ -339,11 +338,25 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(*, host: str, port: int, seed: int, allow_non_loopback: bool) -> None:
-    """Serve the API until SIGTERM or SIGINT, then stop every proxy."""
+async def serve(*, host: str, port: int, seed: int, allow_non_loopback: bool) -> int:
+    """Serve the API until SIGTERM or SIGINT, then stop every proxy.
+
+    Returns the exit status: 0 after a signal, 2 when the port is unusable.
+    """
     registry = Registry(seed=seed, allow_non_loopback=allow_non_loopback)
     api = ApiServer(registry)
-    server = await asyncio.start_server(api.handle, host, port)
+    host = "127.0.0.1" if host == "localhost" else host
+    try:
+        server = await asyncio.start_server(
+            api.handle, host, port, limit=MAX_HEADER_BYTES
+        )
+    except OSError as exc:
+        print(
+            f"netfault: cannot listen on {host}:{port}: {exc.strerror or exc}; "
+            "pick another --port, or 0 for a free one",
+            file=sys.stderr,
+        )
+        return 2
     actual_port = server.sockets[0].getsockname()[1]
     url = f"http://{_model.join_host_port(host, actual_port)}"
 
@@ -364,6 +377,7 @@ async def serve(*, host: str, port: int, seed: int, allow_non_loopback: bool) ->
     async with registry.lock:
         await registry.shutdown()
     log.info("api stopped", extra={"url": url})
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,22 +397,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        asyncio.run(
-            serve(
-                host=args.host,
-                port=args.port,
-                seed=args.seed,
-                allow_non_loopback=args.allow_non_loopback,
-            )
+    return asyncio.run(
+        serve(
+            host=args.host,
+            port=args.port,
+            seed=args.seed,
+            allow_non_loopback=args.allow_non_loopback,
         )
-    except OSError as exc:
-        print(
-            f"netfault: cannot listen on {args.host}:{args.port}: "
-            f"{exc.strerror or exc}; pick another --port, or 0 for a free one",
-            file=sys.stderr,
-        )
-        return 2
-    with contextlib.suppress(BrokenPipeError):
-        sys.stdout.flush()
-    return 0
+    )
