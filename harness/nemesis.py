@@ -276,7 +276,7 @@ class Nemesis:
         return self._network(window, {"type": "timeout", "attributes": {"timeout": 0}})
 
     def _start_latency(self, window: Window):
-        latency_ms = self.rng.choice([50, 100, 200])
+        latency_ms = self.rng.choice([100, 200, 300])
         return self._network(window, {"type": "latency", "attributes": {
             "latency": latency_ms, "jitter": latency_ms // 2}})
 

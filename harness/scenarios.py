@@ -123,6 +123,63 @@ CATALOGUE: tuple[Scenario, ...] = (
                         (6.0, "freeze-db", 1.5), (9.0, "restart-db", 0.5)),
     ),
     Scenario(
+        name="f6-net-partition-workers",
+        case="F6",
+        description="the workers are cut off from the database while clients go "
+        "on enqueueing; after the heal nothing is lost",
+        mix={"ok": 3, "slow:0.5": 1, "fail_first:1": 1},
+        jobs=50,
+        duration_s=9,
+        faults=_windows((2.0, "partition", 3.0, "workers")),
+    ),
+    Scenario(
+        name="f6-net-partition-clients",
+        case="F6",
+        description="the clients are cut off mid-enqueue: outcomes unknown, "
+        "never counted as lost, and recovered when they ran",
+        mix={"ok": 3, "slow:0.5": 1},
+        jobs=24,
+        duration_s=8,
+        # Latency holds each answer in the proxy, so a cut often falls after
+        # COMMIT reached the server and before its answer reached the client.
+        faults=_windows((0.0, "latency", 8.0, "clients"),
+                        *((1.0 + 0.9 * i, "partition", 0.2, "clients")
+                          for i in range(7))),
+    ),
+    Scenario(
+        name="f6-net-latency",
+        case="F6",
+        description="latency with jitter and a bandwidth limit on every "
+        "connection slow the queue down but break nothing",
+        mix={"ok": 3, "slow:0.5": 1, "fail_first:1": 1},
+        jobs=40,
+        duration_s=8,
+        faults=_windows((1.0, "latency", 3.0, "both"),
+                        (5.0, "bandwidth", 2.0, "both")),
+    ),
+    Scenario(
+        name="f6-net-resets",
+        case="F6",
+        description="connections reset mid-transaction on both sides; workers "
+        "and clients reconnect",
+        mix={"ok": 3, "slow:0.5": 1, "fail_first:1": 1},
+        jobs=50,
+        duration_s=9,
+        faults=_windows((1.5, "reset-peer", 1.0, "workers"),
+                        (4.0, "reset-peer", 0.5, "both"),
+                        (6.5, "limit-data", 1.0, "workers")),
+    ),
+    Scenario(
+        name="f6-net-blackhole",
+        case="F6",
+        description="the workers' traffic vanishes for longer than a lease while "
+        "their transactions hold row locks; after the heal nothing is stuck",
+        mix={"ok": 2, "slow:1": 2},
+        jobs=30,
+        duration_s=10,
+        faults=_windows((2.0, "blackhole", 4.0, "workers")),
+    ),
+    Scenario(
         name="mixed-chaos",
         case="F1-F6",
         description="a random schedule of worker and server faults over a mix of "
