@@ -200,6 +200,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     return _exit_for(verdict.valid)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harness.bench import run_bench
+
+    _check_writable(Path(args.reports))
+    say = (lambda text: None) if args.json else (
+        lambda text: print(f"bench: {text}", file=sys.stderr))
+    record, out_dir = run_bench(
+        seconds=args.seconds, rounds=args.rounds, adapters=args.adapter,
+        jobs=args.jobs, suite=not args.no_suite, reports_dir=Path(args.reports),
+        say=say,
+    )
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        print((out_dir / "bench.md").read_text())
+    print(f"report: {out_dir}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="queue-chaos",
@@ -234,6 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pg-bindir", default=None, help="folder of Postgres binaries")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("bench", help="measure the queues, the proxy and the harness")
+    p.add_argument("--json", action="store_true", help="print bench.json")
+    p.add_argument("--seconds", type=_positive_float, default=3.0,
+                   help="length of each pgbench round (default 3)")
+    p.add_argument("--rounds", type=_positive_int, default=3,
+                   help="rounds of each figure (default 3)")
+    p.add_argument("--jobs", type=_positive_int, default=1000,
+                   help="jobs per queue round (default 1000)")
+    p.add_argument("--adapter", action="append", default=None,
+                   help="also measure this adapter (repeatable)")
+    p.add_argument("--no-suite", action="store_true",
+                   help="skip timing the scenario suite (the longest part)")
+    p.add_argument("--reports", default="reports", help="reports folder")
+    p.set_defaults(handler=cmd_bench)
 
     p = sub.add_parser("check", help="check a recorded run again, offline")
     p.add_argument("run_dir", help="a folder reports/<run-id>")
