@@ -165,6 +165,10 @@ class Worker:
         if self._grace_over():
             self._release_held_jobs()
             return
+        if self.stopping_since_s is None:
+            # A job's timeout runs from its hand-off: keep a started child ready.
+            for process in self.processes:
+                process.ensure_started()
         if self.conn is None and time.monotonic() >= self.reconnect_at_s:
             self._reconnect()
         if self.conn is None:
