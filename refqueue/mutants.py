@@ -150,7 +150,7 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "claim_without_lock": Mutant(
         "claim reads due jobs without FOR UPDATE SKIP LOCKED; two workers claim one",
-        "F3",
+        "F1",
         queries=("claim",),
     ),
     "unfenced_completion": Mutant(
@@ -180,8 +180,9 @@ MUTANTS: dict[str, Mutant] = {
         worker_methods={"kill_overdue_jobs": _never_kill_overdue_jobs},
     ),
     "listen_without_poll": Mutant(
-        "the worker claims only when notified; a lost notification strands a job",
-        "F6",
+        "the worker claims only when notified; a retry whose backoff ends, or a job "
+        "whose notification was lost, waits for good",
+        "F1",
         worker_methods={"poll_due": _never_poll},
     ),
     "no_reconnect": Mutant(
