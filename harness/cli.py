@@ -71,21 +71,17 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
 
 
 def cmd_adapters(args: argparse.Namespace) -> int:
-    from harness.adapters import get_adapter, names
+    from harness.compare import adapter_rows
 
-    rows = []
-    for name in names():
-        adapter = get_adapter(name)
-        reason = adapter.unavailable()
-        rows.append({"name": name, "library": adapter.library,
-                     "version": adapter.version(), "available": reason is None,
-                     "reason": reason})
+    rows = adapter_rows()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         state = "available" if r["available"] else f"unavailable: {r['reason']}"
+        if r.get("env"):
+            state += f" ({r['env']})"
         print(f"{r['name']:<{width}}  {r['library']} {r['version']}  {state}")
     return 0
 
@@ -273,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a folder reports/<run-id>")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_check)
+
+    from harness.compare import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -52,6 +52,8 @@ class VenvAdapter(Adapter):
 
     def __init__(self, version: str | None = None) -> None:
         self.pinned = version or self.default_version
+        if version and version != self.default_version:
+            self.name = f"{type(self).name}=={version}"
         self.spec = envs.EnvSpec(
             adapter=type(self).name,
             library=self.library,
@@ -61,8 +63,6 @@ class VenvAdapter(Adapter):
             python_min=self.python_min,
             extras=self.extras,
         )
-        if version and version != self.default_version:
-            self.name = f"{type(self).name}=={version}"
 
     @property
     def sql(self) -> dict[str, str]:
