@@ -19,6 +19,7 @@ LIBRARIES = {
     "chancy": "harness.adapters.chancy:ChancyAdapter",
     "pq": "harness.adapters.pq:PqAdapter",
     "dramatiq-pg": "harness.adapters.dramatiq_pg:DramatiqPgAdapter",
+    "django-tasks-db": "harness.adapters.django_tasks_db:DjangoTasksDbAdapter",
     "oban": "harness.adapters.oban:ObanAdapter",
 }
 
