@@ -191,7 +191,8 @@ def _build(spec: EnvSpec, final: Path) -> None:
             timeout_s=INSTALL_TIMEOUT_S,
         )
         purelib = subprocess.run(
-            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            [str(python), "-c",
+             "import sysconfig; print(sysconfig.get_path('purelib'))"],
             capture_output=True, text=True, check=True,
         ).stdout.strip()
         (Path(purelib) / PTH_NAME).write_text(str(_harness_root()) + "\n")

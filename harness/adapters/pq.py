@@ -1,4 +1,4 @@
-"""pq as an adapter: pq.tasks with retries, each job performed in a queue transaction."""
+"""pq as an adapter: pq.tasks with retries, each job run in a queue transaction."""
 
 from __future__ import annotations
 

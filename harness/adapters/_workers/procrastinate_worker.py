@@ -1,4 +1,4 @@
-"""procrastinate worker for the harness: its own worker, retry and stalled-job recovery."""
+"""procrastinate worker for the harness: its worker, retries, stalled-job recovery."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 -- name: enqueue
--- Defer one job through procrastinate's own deferring function (its triggers notify workers).
+-- Defer one job through procrastinate's own function; its triggers notify workers.
 SELECT procrastinate_defer_jobs_v1(ARRAY[
     ROW(%(queue)s, %(task)s, 0, NULL, NULL, %(args)s::jsonb, NULL)
         ::procrastinate_job_to_defer_v1
