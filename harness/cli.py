@@ -182,7 +182,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         final = {k: JobState(**v) for k, v in json.loads(final_path.read_text()).items()}
     verdict = check(
         history.ops(), final, Semantics(**record["semantics"]),
-        drained=record.get("drained", False),
+        drained=record.get("judged_liveness", False),
         complete=history.complete and record.get("complete", False),
     )
     out = verdict.to_dict()

@@ -86,6 +86,7 @@ def results(result: RunResult, run: Run) -> dict[str, Any]:
         "workers": run.workers,
         "duration_s": run.duration_s,
         "drained": run.drained,
+        "judged_liveness": run.final is not None,
         "counts": verdict["counts"],
         "anomalies": verdict["anomalies"],
         "faults": [w.to_dict() for w in run.windows],
