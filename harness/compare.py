@@ -308,11 +308,32 @@ def _cell(outcome: Any, column: Column) -> Cell:
         reason = "cancelled"
     if result == "unknown" and reason:
         reason = reason.strip().splitlines()[0]
+        waiting = _waiting(outcome.report_dir)
+        if waiting:
+            reason += f"; {waiting}"
     return Cell(
         outcome.task.scenario, column.name, result, dict(outcome.anomalies),
         reason, report_md if Path(report_md or "/nonexistent").exists() else None,
         {k: v[:STORY_KEYS] for k, v in keys.items()}, round(outcome.seconds, 1),
     )
+
+
+def _waiting(report_dir: str | None) -> str | None:
+    """How many jobs a run that did not drain left waiting, from final.json."""
+    if not report_dir:
+        return None
+    try:
+        final = json.loads((Path(report_dir) / "final.json").read_text())
+    except (OSError, ValueError):
+        return None
+    states: dict[str, int] = {}
+    for job in final.values():
+        if job.get("state") in ("pending", "running"):
+            states[job["state"]] = states.get(job["state"], 0) + 1
+    if not states:
+        return "every job was terminal once the workers had stopped"
+    shown = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    return f"left {shown} in the final snapshot"
 
 
 def _write(
