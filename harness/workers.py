@@ -9,6 +9,7 @@ history, which is how executions are tied to the process that ran them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -190,13 +191,19 @@ class WorkerPool:
     def stop(self, *, grace_s: float = 10.0) -> list[Worker]:
         """SIGTERM every worker, wait up to grace_s, then SIGKILL the rest.
 
+        A worker's process group is SIGKILLed in any case once it has exited,
+        so no job process it left behind outlives it.
+
         Returns the workers that had to be killed; a warning names them.
         """
         with self._lock:
             self.resume_all()
             running = self.running()
+            # SIGTERM goes to the worker alone, as an orchestrator sends it to
+            # the main process: the worker decides what its job processes do.
             for worker in running:
-                _proc.signal_group(worker.pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGTERM)
             deadline = time.monotonic() + grace_s
             forced = []
             for worker in running:
