@@ -52,6 +52,9 @@ PROPERTIES = (
 JOB_STATES = ("pending", "running", "done", "dead", "missing")
 _WAITING = ("pending", "running")
 _ACTED = "acted"
+# Faults that cannot cost a correct queue a lease: it takes every time that
+# decides a lease from the database's clock, never from a worker's (DESIGN.md).
+_LEASE_NEUTRAL = ("skew-clock",)
 
 
 @dataclass(frozen=True)
@@ -197,7 +200,16 @@ def check(
     judged and the verdict is unknown, unless safety already failed.  A job
     whose key is absent from ``final`` counts as missing.  If the checker
     itself fails, the verdict is unknown with the reason, never False.
+
+    A run that did not drain, yet has its final state and a complete history,
+    ended because the drain deadline passed: a job that still waits then and
+    would end under a correct queue is stuck, and liveness is judged on that
+    state.  Without a violation the verdict stays unknown.
     """
+    if final is not None and complete and not drained:
+        verdict = _guarded(ops, final, semantics, None)
+        if verdict.valid is False:
+            return verdict
     if final is None:
         not_judged = "the queue's final state was not taken"
     elif not drained:
@@ -316,6 +328,9 @@ def _faults(ops: list[dict[str, Any]]) -> list[_Fault]:
         # Only a fault that acted can have cost anyone a lease; one that found
         # nothing to act on, or was refused, changed nothing.
         if op.get("effect", _ACTED) != _ACTED:
+            fault.acted = False
+        # A skewed clock acts, yet costs a correct queue no lease.
+        if op.get("fault") in _LEASE_NEUTRAL:
             fault.acted = False
     return list(faults.values())
 

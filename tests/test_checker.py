@@ -248,6 +248,12 @@ OVERLAP = [
     [
         pytest.param([], SEMANTICS, 1, id="no-fault"),
         pytest.param(fault("f1", ["worker-0"], 20, 30), SEMANTICS, 0, id="paused"),
+        pytest.param(
+            [{**op, "fault": "skew-clock"} for op in fault("f1", ["worker-0"], 5)],
+            SEMANTICS,
+            1,
+            id="clock-skew-costs-no-lease",
+        ),
         pytest.param(fault("f1", "db", 5, 15), SEMANTICS, 0, id="db-fault"),
         pytest.param(fault("f1", ["proxy-workers"], 40), SEMANTICS, 0, id="proxy"),
         pytest.param(fault("f1", ["worker-1"], 20, 30), SEMANTICS, 1, id="other"),
@@ -473,10 +479,47 @@ def test_a_done_job_without_an_effect_count_leaves_effects_unknown():
     assert verdict.reason == "no effect count was reported for done job j1"
 
 
-def test_a_run_that_did_not_drain_is_unknown():
-    ops = [*enqueue("j1", 0)]
+def test_a_run_that_did_not_drain_with_no_job_stuck_is_unknown():
+    ops = [*enqueue("j1", 0, "hang_always"), *execution("j1", 1, 10)]
+    final = {"j1": JobState("running", 1)}
 
-    verdict = check(ops, {"j1": JobState("pending", 0)}, SEMANTICS, drained=False)
+    verdict = check(ops, final, SEMANTICS, drained=False)
+
+    assert verdict.valid == "unknown"
+    assert verdict.counts == unjudged(attempted=1, acknowledged=1, executions=1)
+    assert kinds(verdict) == []
+    assert verdict.reason == "liveness not judged: the run did not drain"
+
+
+def test_a_job_still_waiting_when_the_drain_deadline_passed_is_stuck():
+    ops = [
+        *enqueue("j1", 0),
+        *enqueue("j2", 2, "hang_always"),
+        *enqueue("j3", 4),
+        *execution("j2", 1, 10),
+        *execution("j3", 1, 12, 13),
+    ]
+    final = {
+        "j1": JobState("pending", 0),
+        "j2": JobState("running", 1),
+        "j3": JobState("done", 1),
+    }
+
+    verdict = check(ops, final, SEMANTICS, drained=False)
+
+    assert verdict.valid is False
+    assert verdict.counts == counts(
+        attempted=3, acknowledged=3, executions=2, stuck=1
+    )
+    assert kinds(verdict) == [("stuck", "j1")]
+    assert verdict.reason is None
+
+
+def test_an_undrained_run_with_an_incomplete_history_judges_no_liveness():
+    ops = [*enqueue("j1", 0)]
+    final = {"j1": JobState("pending", 0)}
+
+    verdict = check(ops, final, SEMANTICS, drained=False, complete=False)
 
     assert verdict.valid == "unknown"
     assert verdict.counts == unjudged(attempted=1, acknowledged=1)
