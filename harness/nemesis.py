@@ -9,16 +9,26 @@ or drawn from a seed.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import heapq
+import importlib.util
 import itertools
 import logging
+import os
 import random
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import psutil
+
+from harness import _proc
 from harness.errors import UsageError
 from harness.history import History
 
@@ -28,12 +38,47 @@ ACTED = "acted"
 NOTHING = "nothing to act on"
 
 SERVER_FAULTS = ("crash-db", "freeze-db", "restart-db")
-WORKER_FAULTS = ("kill-worker", "pause-worker")
+WORKER_FAULTS = ("kill-worker", "pause-worker", "pause-all-workers", "stall-worker")
 NETWORK_FAULTS = (
     "partition", "blackhole", "latency", "bandwidth", "reset-peer", "limit-data",
 )
-FAULTS = WORKER_FAULTS + SERVER_FAULTS + ("terminate-backends",) + NETWORK_FAULTS
+# Faults on a worker's clock: a correct queue takes its time from the database.
+CLOCK_FAULTS = ("skew-clock",)
+FAULTS = (
+    WORKER_FAULTS + SERVER_FAULTS + ("terminate-backends",) + NETWORK_FAULTS
+    + CLOCK_FAULTS
+)
 SIDES = ("workers", "clients", "both")
+
+# How far the wall clock of a skew-clock worker runs ahead of the real one;
+# far beyond any drain, so a lease computed from it outlives the run.
+CLOCK_SKEW_S = 300
+# How long before its heal a stalled worker's job processes go on without it.
+STALL_LAG_S = 1.0
+FAKETIME_ENV = "QUEUE_CHAOS_LIBFAKETIME"
+
+
+def faketime_library() -> Path:
+    """The libfaketime shared library that skews a worker's wall clock.
+
+    In order: ``$QUEUE_CHAOS_LIBFAKETIME``, the one the ``libfaketime`` Python
+    package ships (a dependency), Debian's ``libfaketime`` package. Raises
+    UsageError, saying how to get one, when there is none.
+    """
+    candidates = []
+    if os.environ.get(FAKETIME_ENV):
+        candidates.append(Path(os.environ[FAKETIME_ENV]))
+    spec = importlib.util.find_spec("libfaketime")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidates.append(Path(location, "vendor/libfaketime/src/libfaketime.so.1"))
+    candidates += map(Path, sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise UsageError(
+        "skew-clock needs libfaketime: `pip install libfaketime`, "
+        f"`apt-get install libfaketime`, or set {FAKETIME_ENV} to libfaketime.so.1"
+    )
 
 
 @dataclass(frozen=True, order=True)
@@ -118,6 +163,7 @@ class Nemesis:
     rng: random.Random
     proxies: dict[str, Any] | None = None
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _skewed: itertools.count = field(default_factory=lambda: itertools.count(1))
     _active: list[_Active] = field(default_factory=list)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -225,6 +271,103 @@ class Nemesis:
             return [], None
         self.pool.pause(worker)
         return [worker.name], lambda: self.pool.resume(worker)
+
+    def _start_stall_worker(self, window: Window):
+        """Freeze a worker's host, then thaw its job processes before its loop.
+
+        The worker and its job processes are stopped together (SIGSTOP); in
+        the window's last STALL_LAG_S the job processes go on while the worker
+        itself stays stopped, as when a thawed host schedules the job threads
+        before a loop that is still stuck. Its jobs then finish without
+        anyone heartbeating or checking their leases; the heal resumes it.
+        """
+        worker = self.pool.pick(self.rng)
+        if worker is None:
+            return [], None
+        self.pool.pause(worker)
+        lag_s = min(STALL_LAG_S, window.duration_s / 2)
+        thaw = threading.Timer(
+            window.duration_s - lag_s, self._thaw_job_processes, (worker,)
+        )
+        thaw.daemon = True
+        thaw.start()
+
+        def heal() -> None:
+            thaw.cancel()
+            if worker.alive and worker.paused:
+                self.pool.resume(worker)
+
+        return [worker.name], heal
+
+    def _thaw_job_processes(self, worker: Any) -> None:
+        with self._lock:
+            if not (worker.alive and worker.paused):
+                return
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(worker.pid).children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        child.send_signal(signal.SIGCONT)
+
+    def _start_pause_all_workers(self, window: Window):
+        # Nothing commits while every worker stands still: only the clients'
+        # transactions reach the server, and nobody else flushes the WAL.
+        workers = self.pool.active()
+        for worker in workers:
+            self.pool.pause(worker)
+
+        def heal() -> None:
+            for worker in workers:
+                if worker.alive and worker.paused:
+                    self.pool.resume(worker)
+
+        return [w.name for w in workers], (heal if workers else None)
+
+    # Clock faults ------------------------------------------------------
+
+    def _start_skew_clock(self, window: Window):
+        """A worker whose wall clock runs CLOCK_SKEW_S ahead joins, then dies.
+
+        It runs the pool's command under libfaketime (only its wall clock is
+        skewed; the monotonic clock that orders the history is not), and is
+        SIGKILLed at the heal with whatever it holds, as a host with a wrong
+        clock that crashes. Its jobs must come back after a lease timed by
+        the database, not by its clock.
+        """
+        library = faketime_library()
+        name = f"worker-skewed-{next(self._skewed)}"
+        preload = " ".join(filter(None, [str(library), os.environ.get("LD_PRELOAD")]))
+        env = {
+            **os.environ, **self.pool.env, "QUEUE_CHAOS_WORKER": name,
+            "LD_PRELOAD": preload, "FAKETIME": f"{CLOCK_SKEW_S:+d}",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        }
+        out: Any = subprocess.DEVNULL
+        if self.pool.log_dir is not None:
+            self.pool.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.pool.log_dir / f"{name}.log", "ab")
+        try:
+            process = _proc.spawn(
+                self.pool.command_for(name), env=env, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+        self.history.append({
+            "f": "worker", "type": "info", "process": name, "worker": name,
+            "pid": process.pid, "event": "start", "clock_skew_s": CLOCK_SKEW_S,
+        })
+        return [name], lambda: self._stop_skewed(name, process)
+
+    def _stop_skewed(self, name: str, process: subprocess.Popen) -> None:
+        _proc.signal_group(process.pid, signal.SIGKILL)
+        process.wait()
+        _proc.reap_orphans()
+        self.history.append({
+            "f": "worker", "type": "info", "process": name, "worker": name,
+            "pid": process.pid, "event": "exit", "returncode": process.returncode,
+            "cause": "killed",
+        })
 
     # Server faults -----------------------------------------------------
 
