@@ -113,6 +113,23 @@ def _complete_then_start(self: Worker, process: JobProcess, job: Job) -> None:
     Worker.start_job(self, process, job)
 
 
+def _enqueue_and_commit(
+    self: Jobs,
+    conn: psycopg.Connection[Any],
+    args: dict[str, Any],
+    *,
+    queue: str,
+    max_attempts: int,
+    key: str | None,
+) -> int:
+    """Insert the job, then commit the caller's transaction from inside enqueue."""
+    job_id = Jobs.enqueue(
+        self, conn, args, queue=queue, max_attempts=max_attempts, key=key
+    )
+    conn.commit()
+    return job_id
+
+
 def _never_kill_overdue_jobs(self: Worker) -> None:
     """Let every job run as long as it likes."""
 
@@ -194,6 +211,24 @@ MUTANTS: dict[str, Mutant] = {
         "enqueue sets synchronous_commit off; a server crash loses acknowledged jobs",
         "F6",
         queries=("enqueue",),
+    ),
+    "retry_limit_off_by_one": Mutant(
+        "fail retries a job on its final attempt too; a job that fails every "
+        "time runs once more than max attempts",
+        "F2",
+        queries=("fail",),
+    ),
+    "gives_up_one_early": Mutant(
+        "fail ends a job dead one attempt before max attempts; a job that "
+        "needs its last attempt never gets it",
+        "F1",
+        queries=("fail",),
+    ),
+    "enqueue_commits": Mutant(
+        "enqueue commits the caller's transaction itself; a connection lost in "
+        "that commit leaves a job its caller was told failed",
+        "F6",
+        jobs_methods={"enqueue": _enqueue_and_commit},
     ),
     "client_clock_lease": Mutant(
         "claim sets the lease expiry from the worker's clock; a skewed clock "

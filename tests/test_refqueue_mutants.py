@@ -24,12 +24,15 @@ NAMES = [
     "client_clock_lease",
     "dead_letter_deletes",
     "delete_on_claim",
+    "enqueue_commits",
+    "gives_up_one_early",
     "listen_without_poll",
     "no_heartbeat",
     "no_job_timeout",
     "no_lease_expiry",
     "no_reconnect",
     "no_retry_limit",
+    "retry_limit_off_by_one",
     "unfenced_completion",
 ]
 

@@ -227,6 +227,36 @@ WHERE id = %(id)s
 RETURNING state;
 
 
+-- name: retry_limit_off_by_one.fail
+-- Record a failed attempt, counting the final attempt as one with attempts left.
+UPDATE refqueue_jobs
+SET state = CASE WHEN attempts <= max_attempts THEN 'ready' ELSE 'dead' END,
+    run_after = now() + make_interval(secs => %(retry_in_s)s),
+    last_error = %(error)s,
+    lease_token = NULL,
+    lease_expires_at = NULL,
+    finished_at = CASE WHEN attempts <= max_attempts THEN NULL ELSE now() END
+WHERE id = %(id)s
+  AND lease_token = %(lease_token)s
+  AND lease_expires_at > now()
+RETURNING state;
+
+
+-- name: gives_up_one_early.fail
+-- Record a failed attempt, counting the one before the final as the last.
+UPDATE refqueue_jobs
+SET state = CASE WHEN attempts + 1 < max_attempts THEN 'ready' ELSE 'dead' END,
+    run_after = now() + make_interval(secs => %(retry_in_s)s),
+    last_error = %(error)s,
+    lease_token = NULL,
+    lease_expires_at = NULL,
+    finished_at = CASE WHEN attempts + 1 < max_attempts THEN NULL ELSE now() END
+WHERE id = %(id)s
+  AND lease_token = %(lease_token)s
+  AND lease_expires_at > now()
+RETURNING state;
+
+
 -- name: dead_letter_deletes.fail
 -- Record a failed attempt, deleting the job instead of keeping it dead.
 WITH held AS (
