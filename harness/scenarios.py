@@ -112,15 +112,34 @@ CATALOGUE: tuple[Scenario, ...] = (
         transactional=True,
     ),
     Scenario(
+        name="f5-stalled-worker",
+        case="F5",
+        description="a stalled worker's jobs finish after others took them "
+        "over, while it cannot heartbeat; fencing keeps them from completing "
+        "twice",
+        mix={"slow:1": 3, "ok": 1},
+        jobs=48,
+        duration_s=12,
+        workers=3,
+        # Each stall freezes a worker for longer than a lease plus a job, so
+        # its jobs are claimed and done elsewhere before its own go on.
+        faults=_windows((1.5, "stall-worker", 5.0), (7.0, "stall-worker", 5.0)),
+        transactional=True,
+    ),
+    Scenario(
         name="f6-database-faults",
         case="F6",
         description="the database crashes, restarts, freezes and terminates "
         "connections; workers reconnect and no acknowledged job is lost",
         mix={"ok": 3, "slow:0.5": 1, "fail_first:1": 1},
-        jobs=60,
-        duration_s=11,
+        jobs=72,
+        duration_s=13.5,
+        # The last crash comes while every worker stands still: only enqueues
+        # commit then, so nothing else flushes the WAL, and an enqueue
+        # acknowledged before its commit was durable is lost in the crash.
         faults=_windows((2.0, "crash-db", 0.5), (4.5, "terminate-backends"),
-                        (6.0, "freeze-db", 1.5), (9.0, "restart-db", 0.5)),
+                        (6.0, "freeze-db", 1.5), (9.0, "restart-db", 0.5),
+                        (10.5, "pause-all-workers", 2.5), (12.0, "crash-db", 0.5)),
     ),
     Scenario(
         name="f6-net-partition-workers",
@@ -178,6 +197,19 @@ CATALOGUE: tuple[Scenario, ...] = (
         jobs=30,
         duration_s=10,
         faults=_windows((2.0, "blackhole", 4.0, "workers")),
+    ),
+    Scenario(
+        name="f6-clock-skew",
+        case="F6",
+        description="workers whose wall clock runs five minutes fast join and "
+        "die; leases are timed by the database, so their jobs come back",
+        mix={"slow:0.3": 4, "ok": 1, "fail_first:1": 1},
+        jobs=80,
+        duration_s=8,
+        # Each skewed worker lives a few seconds: long enough to claim jobs,
+        # short enough that it often dies before a heartbeat fixed a lease.
+        faults=_windows((0.5, "skew-clock", 3.0), (1.5, "skew-clock", 3.0),
+                        (3.5, "skew-clock", 3.0), (4.5, "skew-clock", 3.0)),
     ),
     Scenario(
         name="mixed-chaos",

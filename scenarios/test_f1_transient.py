@@ -1,4 +1,4 @@
-"""Scenario f1-transient-failures: a job that fails once or twice is retried and ends done."""
+"""Scenario f1-transient-failures: a job that fails once or twice ends done."""
 
 import pytest
 

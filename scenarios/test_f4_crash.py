@@ -1,4 +1,4 @@
-"""Scenario f4-crashing-jobs: a job that crashes its process uses up attempts and ends dead."""
+"""Scenario f4-crashing-jobs: a job that crashes its process uses an attempt."""
 
 import pytest
 

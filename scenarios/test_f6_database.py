@@ -1,4 +1,4 @@
-"""Scenario f6-database-faults: workers survive database crashes, restarts, freezes and cut connections."""
+"""Scenario f6-database-faults: workers survive crashes, freezes and cut links."""
 
 import pytest
 
