@@ -157,13 +157,14 @@ CATALOGUE: tuple[Scenario, ...] = (
         description="the clients are cut off mid-enqueue: outcomes unknown, "
         "never counted as lost, and recovered when they ran",
         mix={"ok": 3, "slow:0.5": 1},
-        jobs=24,
-        duration_s=8,
+        jobs=36,
+        duration_s=12,
         # Latency holds each answer in the proxy, so a cut often falls after
-        # COMMIT reached the server and before its answer reached the client.
-        faults=_windows((0.0, "latency", 8.0, "clients"),
-                        *((1.0 + 0.9 * i, "partition", 0.2, "clients")
-                          for i in range(7))),
+        # COMMIT reached the server and before its answer reached the client;
+        # the gaps let the client reconnect and be mid-enqueue at the next cut.
+        faults=_windows((0.0, "latency", 12.0, "clients"),
+                        *((1.0 + 1.4 * i, "partition", 0.15, "clients")
+                          for i in range(8))),
     ),
     Scenario(
         name="f6-net-latency",
