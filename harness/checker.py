@@ -329,7 +329,8 @@ def _faults(ops: list[dict[str, Any]]) -> list[_Fault]:
         # nothing to act on, or was refused, changed nothing.
         if op.get("effect", _ACTED) != _ACTED:
             fault.acted = False
-        # A skewed clock acts, yet costs a correct queue no lease.
+        # A skewed clock acts, yet costs a correct queue no lease (a skewed
+        # worker killed at the heal leaves only executions that never ended).
         if op.get("fault") in _LEASE_NEUTRAL:
             fault.acted = False
     return list(faults.values())
