@@ -273,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     from harness.compare import add_commands
 
     add_commands(sub)
+
+    from harness.mutants import add_commands as add_mutants_command
+
+    add_mutants_command(sub)
     return parser
 
 
