@@ -54,6 +54,8 @@ class Watchdog:
         self.limit_s = limit_s
         self._changed = threading.Condition()
         self._armed: tuple[float, int] | None = None
+        # When the watching thread next wakes up by itself; None: only when told.
+        self._wakes_at_s: float | None = None
         thread = threading.Thread(target=self._watch, name=repr(self), daemon=True)
         thread.start()
 
@@ -64,9 +66,14 @@ class Watchdog:
     def guard(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
         """Break ``conn`` if the statements in this block outlast ``limit_s``."""
         fd = conn.pgconn.socket
+        deadline_s = time.monotonic() + self.limit_s
         with self._changed:
-            self._armed = (time.monotonic() + self.limit_s, fd)
-            self._changed.notify()
+            self._armed = (deadline_s, fd)
+            # A thread that wakes up by itself before this deadline looks again
+            # then; waking it for every statement would cost two thread
+            # switches each time.
+            if self._wakes_at_s is None or self._wakes_at_s > deadline_s:
+                self._changed.notify()
         try:
             yield
         finally:
@@ -77,11 +84,13 @@ class Watchdog:
         with self._changed:
             while True:
                 if self._armed is None:
+                    self._wakes_at_s = None
                     self._changed.wait()
                     continue
                 deadline_s, fd = self._armed
                 remaining_s = deadline_s - time.monotonic()
                 if remaining_s > 0:
+                    self._wakes_at_s = deadline_s
                     self._changed.wait(remaining_s)
                     continue
                 self._armed = None

@@ -167,3 +167,24 @@ def test_the_watchdog_breaks_a_statement_that_outlives_its_deadline(
 
         assert conn.closed
     assert 0.3 <= elapsed_s < 5
+
+
+def test_the_watchdog_breaks_a_late_statement_after_quick_ones_it_let_pass(
+    database: Any,
+) -> None:
+    watchdog = Watchdog(limit_s=0.3)
+    with psycopg.connect(database.dsn, autocommit=True) as conn:
+        # Quick statements leave the watching thread asleep until their
+        # deadlines, and the long one is armed without waking it.
+        for _ in range(3):
+            with watchdog.guard(conn):
+                conn.execute("SELECT pg_sleep(0.15)")
+        assert not conn.closed
+
+        started_s = time.monotonic()
+        with pytest.raises(psycopg.OperationalError), watchdog.guard(conn):
+            conn.execute("SELECT pg_sleep(30)")
+        elapsed_s = time.monotonic() - started_s
+
+        assert conn.closed
+    assert 0.3 <= elapsed_s < 5
