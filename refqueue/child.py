@@ -19,7 +19,7 @@ import psycopg
 
 from .connection import connect
 from .errors import LeaseLost
-from .jobprocess import describe_error, load_handler
+from .jobprocess import STARTED, describe_error, load_handler
 from .jobs import Job, Jobs
 
 _PR_SET_PDEATHSIG = 1
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         run = _PlainRunner(handler)
 
+    replies.write(json.dumps({"kind": STARTED}).encode() + b"\n")
     for line in _lines(requests):
         reply = run(Job.from_json(json.loads(line)))
         replies.write(json.dumps(reply).encode() + b"\n")

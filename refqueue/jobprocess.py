@@ -26,6 +26,9 @@ OutcomeKind = Literal[
     "ok", "done", "error", "lease_lost", "crashed", "timed_out", "stopped"
 ]
 
+#: The kind of the line a child writes once it is ready for its first job.
+STARTED = "started"
+
 _ERROR_LIMIT_CHARS = 2000
 
 
@@ -73,14 +76,17 @@ class JobProcess:
 
     Jobs go to the child as JSON lines on its stdin, outcomes come back on its
     stdout; the handler's own output to stdout goes to stderr instead. The
-    child dies with its worker (Linux parent-death signal) and ignores SIGTERM:
-    its worker decides when a job stops.
+    child's first line says it has started (imported and loaded its handler),
+    so that no job's timeout runs while a child is still starting. The child
+    dies with its worker (Linux parent-death signal) and ignores SIGTERM: its
+    worker decides when a job stops.
     """
 
     def __init__(self, command: list[str]) -> None:
         self._command = command
         self._process: subprocess.Popen[bytes] | None = None
         self._received = b""
+        self._started = False
         self.job: Job | None = None
         self.deadline_s = 0.0
 
@@ -96,6 +102,11 @@ class JobProcess:
     @property
     def alive(self) -> bool:
         return self._process is not None
+
+    @property
+    def available(self) -> bool:
+        """Whether a job handed over now would start at once: started and idle."""
+        return self._started and self.job is None
 
     def fileno(self) -> int:
         """The descriptor to wait on for an outcome (or the child's death)."""
@@ -135,11 +146,15 @@ class JobProcess:
             error = f"job process died: {_describe_returncode(returncode)}"
             return Outcome(self._take_job(), "crashed", error)
         self._received += data
-        if b"\n" not in self._received:
-            return None
-        line, _, self._received = self._received.partition(b"\n")
-        reply = json.loads(line)
-        return Outcome(self._take_job(), reply["kind"], reply.get("error"))
+        outcome = None
+        while b"\n" in self._received:
+            line, _, self._received = self._received.partition(b"\n")
+            reply = json.loads(line)
+            if reply["kind"] == STARTED:
+                self._started = True
+            else:
+                outcome = Outcome(self._take_job(), reply["kind"], reply.get("error"))
+        return outcome
 
     def kill_for_timeout(self, timeout_s: float) -> Outcome:
         """Kill the child at its job's timeout; the job's outcome is ``timed_out``."""
@@ -161,6 +176,7 @@ class JobProcess:
         assert self._process.stdout is not None
         os.set_blocking(self._process.stdout.fileno(), False)
         self._received = b""
+        self._started = False
 
     def _close(self) -> int:
         assert self._process is not None

@@ -166,7 +166,8 @@ class Worker:
             self._release_held_jobs()
             return
         if self.stopping_since_s is None:
-            # A job's timeout runs from its hand-off: keep a started child ready.
+            # A job's timeout runs from its hand-off: keep a child started, and
+            # claim only for children that said they are (JobProcess.available).
             for process in self.processes:
                 process.ensure_started()
         if self.conn is None and time.monotonic() >= self.reconnect_at_s:
@@ -218,12 +219,12 @@ class Worker:
     def _should_claim(self) -> bool:
         if self.stopping_since_s is not None:
             return False
-        if not any(not process.busy for process in self.processes):
+        if not any(process.available for process in self.processes):
             return False
         return self.more_may_be_due or self.poll_due()
 
     def _claim(self) -> None:
-        idle = [process for process in self.processes if not process.busy]
+        idle = [process for process in self.processes if process.available]
         with self._statement() as conn:
             claimed = self.jobs.claim(
                 conn,
@@ -401,7 +402,9 @@ class Worker:
             wakeups.append(self.reconnect_at_s)
         elif self.unrecorded:
             wakeups.append(now_s)
-        elif self.stopping_since_s is None and len(busy) < len(self.processes):
+        elif self.stopping_since_s is None and any(
+            process.available for process in self.processes
+        ):
             if self.more_may_be_due:
                 wakeups.append(now_s)
             else:
