@@ -9,9 +9,10 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -20,7 +21,7 @@ from .backoff import Backoff, Retries
 from .connection import Watchdog, connect
 from .errors import ConfigError, LeaseLost
 from .jobprocess import JobProcess, Outcome, child_command, describe_error
-from .jobs import CHANNEL, Job, Jobs
+from .jobs import CHANNEL, Claimed, Job, Jobs
 
 log = logging.getLogger("refqueue.worker")
 
@@ -176,10 +177,8 @@ class Worker:
             return
 
         try:
-            self._record_outcomes()
             self._heartbeat_if_due()
-            if self._should_claim():
-                self._claim()
+            self._record_and_claim()
         except psycopg.OperationalError as exc:
             self._connection_lost(exc)
 
@@ -223,16 +222,44 @@ class Worker:
             return False
         return self.more_may_be_due or self.poll_due()
 
-    def _claim(self) -> None:
-        idle = [process for process in self.processes if process.available]
+    def _record_and_claim(self) -> None:
+        """Record the outcomes not yet recorded and claim for idle job processes.
+
+        Both happen in one transaction, so that the job's end and the next
+        claim cost one commit, not one each. Jobs start, and outcomes leave
+        ``unrecorded``, only once it committed; until then the outcomes' leases
+        are kept, and a lost connection leaves them to the next heartbeat.
+        """
+        claim = self._should_claim()
+        if not self.unrecorded and not claim:
+            return
+
+        statements = len(self.unrecorded) + int(claim)
         with self._statement() as conn:
-            claimed = self.jobs.claim(
-                conn,
-                queue=self.config.queue,
-                worker=self.config.name,
-                limit=len(idle),
-                lease_s=self.config.lease_s,
-            )
+            with conn.transaction() if statements > 1 else nullcontext():
+                recorded = [self._record(conn, o) for o in self.unrecorded]
+                claimed = self._claim(conn) if claim else None
+        del self.unrecorded[: len(recorded)]
+
+        for report in recorded:
+            report()
+        if claimed is not None:
+            self._start_claimed(*claimed)
+
+    def _claim(
+        self, conn: psycopg.Connection[Any]
+    ) -> tuple[list[JobProcess], Claimed]:
+        idle = [process for process in self.processes if process.available]
+        claimed = self.jobs.claim(
+            conn,
+            queue=self.config.queue,
+            worker=self.config.name,
+            limit=len(idle),
+            lease_s=self.config.lease_s,
+        )
+        return idle, claimed
+
+    def _start_claimed(self, idle: list[JobProcess], claimed: Claimed) -> None:
         self.last_claim_s = time.monotonic()
         for dead in claimed.dead:
             log.warning(
@@ -268,21 +295,29 @@ class Worker:
             self.unrecorded.append(outcome)
 
     def _record_outcomes(self) -> None:
+        """Record each outcome not yet recorded, each in its own transaction."""
         while self.unrecorded:
-            self._record(self.unrecorded[0])
+            with self._statement() as conn:
+                report = self._record(conn, self.unrecorded[0])
             self.unrecorded.pop(0)
+            report()
 
-    def _record(self, outcome: Outcome) -> None:
+    def _record(
+        self, conn: psycopg.Connection[Any], outcome: Outcome
+    ) -> Callable[[], None]:
+        """Complete or fail the job of ``outcome``; return what logs the result.
+
+        The log waits for the caller's commit, which alone makes the result true.
+        """
         job = outcome.job
         if outcome.kind == "ok":
             try:
-                with self._statement() as conn:
-                    self.jobs.complete(conn, job)
+                self.jobs.complete(conn, job)
             except LeaseLost:
-                self._log_lease_lost(job, "complete")
-            else:
-                log.debug("job done", extra={"key": job.key, "attempt": job.attempt})
-            return
+                return partial(self._log_lease_lost, job, "complete")
+            return partial(
+                log.debug, "job done", extra={"key": job.key, "attempt": job.attempt}
+            )
 
         error = outcome.error or outcome.kind
         retry_in_s = (
@@ -291,16 +326,17 @@ class Worker:
             else self.retry_backoff.delay_after_failures_s(job.attempt)
         )
         try:
-            with self._statement() as conn:
-                state = self.jobs.fail(conn, job, error=error, retry_in_s=retry_in_s)
+            state = self.jobs.fail(conn, job, error=error, retry_in_s=retry_in_s)
         except LeaseLost:
-            self._log_lease_lost(job, "fail")
-            return
+            return partial(self._log_lease_lost, job, "fail")
         fields = {"key": job.key, "attempt": job.attempt, "error": error}
         if state == "dead":
-            log.warning("job dead", extra=fields)
-        else:
-            log.info("job failed", extra={**fields, "retry_in_s": round(retry_in_s, 3)})
+            return partial(log.warning, "job dead", extra=fields)
+        return partial(
+            log.info,
+            "job failed",
+            extra={**fields, "retry_in_s": round(retry_in_s, 3)},
+        )
 
     # Leases ---------------------------------------------------------------------
 
