@@ -103,8 +103,10 @@ CATALOGUE: tuple[Scenario, ...] = (
         case="F5",
         description="hung jobs are freed by the job timeout; a worker paused "
         "past its lease cannot complete a job it no longer holds",
+        # slow:2.5 outlives a lease, not the job timeout: only heartbeats keep
+        # a second worker from claiming it while it runs.
         mix={"hang_first:1": 1, "hang_always": 1, "slow:3": 1, "slow:1": 2,
-             "ok": 2},
+             "slow:2.5": 2, "ok": 2},
         jobs=30,
         duration_s=10,
         workers=3,
@@ -118,11 +120,12 @@ CATALOGUE: tuple[Scenario, ...] = (
         "over, while it cannot heartbeat; fencing keeps them from completing "
         "twice",
         mix={"slow:1": 3, "ok": 1},
-        jobs=48,
+        jobs=72,
         duration_s=12,
         workers=3,
-        # Each stall freezes a worker for longer than a lease plus a job, so
-        # its jobs are claimed and done elsewhere before its own go on.
+        # Enough load to keep every worker busy; each stall freezes one for
+        # longer than a lease plus a job, so its jobs are claimed and done
+        # elsewhere before its own go on.
         faults=_windows((1.5, "stall-worker", 5.0), (7.0, "stall-worker", 5.0)),
         transactional=True,
     ),
