@@ -179,7 +179,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     final_path = run_dir / "final.json"
     final = None
     if final_path.exists():
-        final = {k: JobState(**v) for k, v in json.loads(final_path.read_text()).items()}
+        recorded = json.loads(final_path.read_text())
+        final = {key: JobState(**state) for key, state in recorded.items()}
     verdict = check(
         history.ops(), final, Semantics(**record["semantics"]),
         drained=record.get("judged_liveness", False),

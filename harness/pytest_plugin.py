@@ -83,7 +83,9 @@ def pg_server(
 
 
 @pytest.fixture
-def pg_cluster(pg_server: postgres.Cluster | postgres.ExternalServer) -> postgres.Cluster:
+def pg_cluster(
+    pg_server: postgres.Cluster | postgres.ExternalServer,
+) -> postgres.Cluster:
     """The ephemeral cluster, for tests that fault the server itself."""
     if not pg_server.owned:
         pytest.skip(

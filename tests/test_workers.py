@@ -135,8 +135,8 @@ HARNESS = textwrap.dedent("""
     import sys
     from harness.history import History
     from harness.workers import WorkerPool
-    pool = WorkerPool(lambda name: [sys.executable, "-c", "import time; time.sleep(600)"],
-                      size=3, history=History())
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    pool = WorkerPool(lambda name: sleeper, size=3, history=History())
     pool.start()
     print(" ".join(str(w.pid) for w in pool.workers), flush=True)
     sys.stdin.read()
