@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -32,11 +32,18 @@ class Job:
     lease_token: UUID
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "lease_token": str(self.lease_token)}
+        # Field by field: asdict() would deep-copy args, for nothing.
+        return {
+            **{name: getattr(self, name) for name in _JOB_FIELDS},
+            "lease_token": str(self.lease_token),
+        }
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> Job:
         return cls(**{**record, "lease_token": UUID(record["lease_token"])})
+
+
+_JOB_FIELDS = tuple(f.name for f in fields(Job))
 
 
 class DeadJob(NamedTuple):

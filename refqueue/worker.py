@@ -181,6 +181,10 @@ class Worker:
             self._record_and_claim()
         except psycopg.OperationalError as exc:
             self._connection_lost(exc)
+            return
+        # Notifications that came in during those statements wait in the
+        # connection, which the loop's select cannot see.
+        self._receive_notifications()
 
     # Seams: one behaviour decision each ---------------------------------------------
 
@@ -234,11 +238,13 @@ class Worker:
         if not self.unrecorded and not claim:
             return
 
-        statements = len(self.unrecorded) + int(claim)
-        with self._statement() as conn:
-            with conn.transaction() if statements > 1 else nullcontext():
-                recorded = [self._record(conn, o) for o in self.unrecorded]
-                claimed = self._claim(conn) if claim else None
+        one_statement = len(self.unrecorded) + int(claim) == 1
+        with (
+            self._statement() as conn,
+            nullcontext() if one_statement else conn.transaction(),
+        ):
+            recorded = [self._record(conn, o) for o in self.unrecorded]
+            claimed = self._claim(conn) if claim else None
         del self.unrecorded[: len(recorded)]
 
         for report in recorded:
