@@ -9,13 +9,22 @@ The figures:
 
 - the limit: pgbench single-row insert transactions with synchronous commit,
   1 and 4 clients, in transactions per second;
-- each queue (the reference queue and every available adapter): jobs per
-  second end to end (enqueue, claim, run an empty job, complete) with 1 and
-  4 workers, and the latency from enqueue to start, median and p99;
-- the fault proxy: the same pgbench workloads through the proxy and direct;
+- each queue (the reference queue and every available library adapter, each
+  library in its own environment), with 1 and 4 worker processes: jobs per
+  second end to end (4 clients enqueue empty jobs, each in a transaction of
+  its own, as fast as they can; workers claim, run and complete them), and
+  the latency from an enqueue's commit to its job's start, median and p99.
+  Latency is measured at half the throughput just measured, not under
+  saturation, where it would only tell how long the backlog was;
+- the fault proxy: pgbench through the proxy against direct, 1 client;
 - the harness: the ledger's cost per execution, the scenario suite's wall
-  time serial and with `-n 2`, and the time to catch each mutant from the
-  latest `queue-chaos mutants --json` report.
+  time serial and with `-n 2` (one round each: they are the longest part),
+  and the time to catch each mutant from the latest `queue-chaos mutants`
+  report.
+
+A queue's rounds share one database and one set of workers, started and
+warmed up once, so that rounds measure the queue rather than the start of
+its workers.
 """
 
 from __future__ import annotations
@@ -32,16 +41,18 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import psutil
 import psycopg
 
 from harness import postgres, report
-from harness.adapters import Adapter, get_adapter
-from harness.errors import UsageError
+from harness.adapters import Adapter, get_adapter, libraries
+from harness.errors import QueueChaosError, UsageError
 from harness.history import History
 from harness.ledger import Ledger
 from harness.workers import WorkerPool
@@ -50,6 +61,34 @@ log = logging.getLogger("queue_chaos.bench")
 
 INSERT_SCRIPT = "INSERT INTO bench_insert (v) VALUES (1);\n"
 SELECT_SCRIPT = "SELECT 1;\n"
+
+#: Clients that enqueue in every queue round, each on a connection of its own.
+CLIENTS = 4
+#: Worker processes of the two configurations measured for each queue.
+WORKER_COUNTS = (1, 4)
+#: Throughput rounds aim at about this long, so slow queues get fewer jobs.
+ROUND_S = 2.0
+#: The fewest jobs in any round: below this a rate means little.
+MIN_JOBS = 50
+#: Latency rounds enqueue at this fraction of the measured throughput ...
+PACED_FRACTION = 0.5
+#: ... for about this long.
+PACED_S = 1.0
+#: How long a batch of jobs may take to be done before the queue is given up.
+BATCH_DEADLINE_S = 60.0
+#: How long stopped workers may take to exit before they are killed: every job
+#: is done by then, so nothing is lost by a short wait.
+STOP_GRACE_S = 2.0
+#: How long workers may take to start before the queue is given up.
+READY_DEADLINE_S = 60.0
+#: Workers count as started after two windows of this length in which they
+#: used less CPU than this, per worker (a started, idle worker uses ~0.02).
+QUIET_WINDOW_S = 0.25
+QUIET_CORES_PER_WORKER = 0.1
+#: How often a batch looks whether its jobs are done: a small part of a round.
+POLL_S = 0.01
+#: Ledger records of successful executions, counted without parsing.
+_OK_RECORD = b'"event":"ok"'
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -63,6 +102,7 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The value at quantile q (0 to 1) of values, nearest rank."""
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[index]
@@ -72,8 +112,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def pgbench_tps(
-    cluster: postgres.Cluster, dsn_params: dict[str, str], *, clients: int,
-    seconds: float, script: str,
+    cluster: postgres.Cluster,
+    dsn_params: dict[str, str],
+    *,
+    clients: int,
+    seconds: float,
+    script: str,
 ) -> float:
     """Transactions per second of pgbench running script with `clients` clients."""
     pgbench = cluster.bindir / "pgbench"
@@ -81,18 +125,20 @@ def pgbench_tps(
         raise UsageError(f"no pgbench in {cluster.bindir}; install the Postgres client")
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write(script)
+    command = [
+        str(pgbench), "-n", "-f", f.name, "-c", str(clients), "-j", str(clients),
+        "-T", str(max(1, round(seconds))), "-h", dsn_params["host"],
+        "-p", str(dsn_params["port"]), "-U", "postgres", dsn_params["dbname"],
+    ]
     try:
         out = subprocess.run(
-            [str(pgbench), "-n", "-f", f.name, "-c", str(clients), "-j",
-             str(clients), "-T", str(max(1, round(seconds))),
-             "-h", dsn_params["host"], "-p", str(dsn_params["port"]),
-             "-U", "postgres", dsn_params["dbname"]],
-            capture_output=True, text=True, timeout=seconds + 60,
+            command, capture_output=True, text=True, timeout=seconds + 60, check=False
         )
     finally:
         os.unlink(f.name)
-    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)",
-                      out.stdout)
+    match = re.search(
+        r"tps = ([0-9.]+) \(without initial connection time\)", out.stdout
+    )
     if out.returncode != 0 or not match:
         raise UsageError(f"pgbench failed: {out.stderr.strip()[-300:]}")
     return float(match.group(1))
@@ -101,103 +147,321 @@ def pgbench_tps(
 # Queues ------------------------------------------------------------------
 
 
-def queue_round(
-    adapter: Adapter, server: Any, *, workers: int, jobs: int, clients: int = 4,
-) -> dict[str, float]:
-    """One round: workers run while clients enqueue `jobs` empty jobs.
+@dataclass
+class Batch:
+    """What one batch of jobs measured: its rate and its start latencies."""
 
-    Returns jobs per second (first enqueue to last completion) and the
-    latency from each enqueue's commit to its job's start, in ms.
+    jobs: int
+    elapsed_s: float
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def jobs_per_s(self) -> float:
+        return self.jobs / self.elapsed_s
+
+
+class OkCounter:
+    """Counts the successful executions in a ledger directory as it grows.
+
+    Each call reads only what was appended since the last one, up to the last
+    complete line, from files it keeps open, so polling it often costs next
+    to nothing. ``close`` closes them.
     """
-    database = server.create_database()
-    ledger_dir = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
-    pool = None
-    try:
-        adapter.install(database.dsn)
-        ledger = Ledger(ledger_dir)
-        pool = WorkerPool(
-            lambda name: adapter.worker_command(database.dsn, name),
-            size=workers, history=History(),
-            env={"QUEUE_CHAOS_LEDGER": str(ledger_dir)},
-        )
-        pool.start()
-        _wait_workers_connected(database, workers)
 
-        keys = [f"b{i:06d}" for i in range(jobs)]
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._files: dict[str, BinaryIO] = {}
+        # What each file held after its last complete line, not yet counted.
+        self._partial: dict[str, bytes] = {}
+        self.count = 0
+
+    def __repr__(self) -> str:
+        return f"<OkCounter {self.directory} count={self.count}>"
+
+    def __call__(self) -> int:
+        for name in os.listdir(self.directory):
+            if name.endswith(".jsonl") and name not in self._files:
+                self._files[name] = open(self.directory / name, "rb")  # noqa: SIM115
+        for name, f in self._files.items():
+            data = self._partial.get(name, b"") + f.read()
+            complete = data.rfind(b"\n") + 1
+            self.count += data.count(_OK_RECORD, 0, complete)
+            self._partial[name] = data[complete:]
+        return self.count
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+def paced_schedule_s(jobs: int, rate_per_s: float, clients: int) -> list[list[float]]:
+    """Per client, the offsets in seconds at which it enqueues its jobs.
+
+    Together the clients enqueue `jobs` jobs evenly spaced at `rate_per_s`;
+    client i takes jobs i, i + clients, ...
+    """
+    return [
+        [index / rate_per_s for index in range(i, jobs, clients)]
+        for i in range(clients)
+    ]
+
+
+class QueueBench:
+    """One queue with a fixed number of workers, measured batch by batch.
+
+    Opens a database, installs the queue, starts the workers and the clients'
+    connections once; each batch then enqueues its jobs and waits until the
+    queue has completed every one.
+    """
+
+    def __init__(
+        self, adapter: Adapter, server: Any, *, workers: int, clients: int = CLIENTS
+    ) -> None:
+        self.adapter = adapter
+        self.server = server
+        self.workers = workers
+        self.clients = clients
+        self._batches = 0
+
+    def __repr__(self) -> str:
+        return f"<QueueBench {self.adapter.name} workers={self.workers}>"
+
+    @contextmanager
+    def running(self) -> Iterator[QueueBench]:
+        """Set up everything, yield, and tear it all down again."""
+        with ExitStack() as stack:
+            database = self.server.create_database()
+            stack.callback(self.server.drop_database, database.name)
+            self.dsn = database.dsn
+            self.ledger_dir = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
+            stack.callback(shutil.rmtree, self.ledger_dir, ignore_errors=True)
+            self.ledger = Ledger(self.ledger_dir)
+            self.ok = OkCounter(self.ledger_dir)
+            stack.callback(self.ok.close)
+
+            self.adapter.install(self.dsn)
+            self.pool = WorkerPool(
+                lambda name: self.adapter.worker_command(self.dsn, name),
+                size=self.workers,
+                history=History(),
+                env={"QUEUE_CHAOS_LEDGER": str(self.ledger_dir)},
+            )
+            stack.callback(self.pool.stop, grace_s=STOP_GRACE_S)
+            self.pool.start()
+            self.connections = [
+                stack.enter_context(psycopg.connect(self.dsn))
+                for _ in range(self.clients)
+            ]
+            self._wait_started()
+            yield self
+
+    def saturated(self, jobs: int) -> Batch:
+        """Clients enqueue `jobs` jobs as fast as they can; time until all done."""
+        return self._batch(jobs, None)
+
+    def paced(self, jobs: int, rate_per_s: float) -> Batch:
+        """Clients enqueue `jobs` jobs at `rate_per_s`; time until all done."""
+        return self._batch(jobs, paced_schedule_s(jobs, rate_per_s, self.clients))
+
+    def _batch(self, jobs: int, schedule_s: list[list[float]] | None) -> Batch:
+        self._batches += 1
+        keys = [f"b{self._batches}-{i:06d}" for i in range(jobs)]
+        ok_before = self.ok()
         committed_ns: dict[str, int] = {}
-        started = time.monotonic()
+        errors: list[BaseException] = []
+        started_s = time.monotonic()
         threads = [
             threading.Thread(
-                target=_enqueue_all, args=(adapter, database.dsn,
-                                           keys[i::clients], committed_ns))
-            for i in range(clients)
+                target=self._enqueue_all,
+                args=(
+                    conn,
+                    keys[i :: self.clients],
+                    None if schedule_s is None else schedule_s[i],
+                    started_s,
+                    committed_ns,
+                    errors,
+                ),
+                name=f"bench client {i}",
+            )
+            for i, conn in enumerate(self.connections)
         ]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if _all_done(adapter, database.dsn, keys):
-                break
-            time.sleep(0.05)
-        else:
-            raise UsageError(f"{adapter.name} did not finish {jobs} jobs in 120 s")
-        elapsed_s = time.monotonic() - started
+        if errors:
+            raise UsageError(f"{self.adapter.name}: enqueue failed: {errors[0]}")
 
-        starts = {}
-        for record in ledger.read():
-            if record["event"] == "start" and record["key"] not in starts:
-                starts[record["key"]] = record["t"]
+        self._wait_done(keys, ok_before + jobs, started_s)
+        elapsed_s = time.monotonic() - started_s
+
+        starts: dict[str, int] = {}
+        wanted = set(keys)
+        for record in self.ledger.read():
+            key = record["key"]
+            if record["event"] == "start" and key in wanted and key not in starts:
+                starts[key] = record["t"]
         latencies_ms = [
-            (starts[k] - committed_ns[k]) / 1e6 for k in keys if k in starts
+            (starts[key] - committed_ns[key]) / 1e6 for key in keys if key in starts
         ]
-        return {
-            "jobs_per_s": jobs / elapsed_s,
-            "latency_median_ms": statistics.median(latencies_ms),
-            "latency_p99_ms": percentile(latencies_ms, 0.99),
-        }
-    finally:
-        if pool is not None:
-            pool.stop(grace_s=5)
-        server.drop_database(database.name)
-        shutil.rmtree(ledger_dir, ignore_errors=True)
+        return Batch(jobs, elapsed_s, latencies_ms)
 
+    def _enqueue_all(
+        self,
+        conn: psycopg.Connection[Any],
+        keys: list[str],
+        offsets_s: list[float] | None,
+        started_s: float,
+        committed_ns: dict[str, int],
+        errors: list[BaseException],
+    ) -> None:
+        try:
+            for index, key in enumerate(keys):
+                if offsets_s is not None:
+                    delay_s = started_s + offsets_s[index] - time.monotonic()
+                    if delay_s > 0:
+                        time.sleep(delay_s)
+                self.adapter.enqueue(conn, key, {"key": key, "behaviour": "ok"})
+                conn.commit()
+                committed_ns[key] = time.monotonic_ns()
+        except Exception as exc:  # noqa: BLE001 - raised again in the main thread
+            errors.append(exc)
 
-def _wait_workers_connected(database: Any, workers: int) -> None:
-    deadline = time.monotonic() + 60
-    with psycopg.connect(database.dsn, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            connected = conn.execute(
-                "SELECT count(DISTINCT application_name) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            ).fetchone()[0]
-            if connected >= workers:
+    def _wait_done(self, keys: list[str], ok_total: int, started_s: float) -> None:
+        # The ledger says cheaply when every job has run; the queue's own
+        # snapshot then says when it has recorded them all as done.
+        deadline_s = started_s + BATCH_DEADLINE_S
+        while self.ok() < ok_total:
+            if time.monotonic() > deadline_s:
+                raise UsageError(
+                    f"{self.adapter.name} ran {self.ok.count - ok_total + len(keys)} "
+                    f"of {len(keys)} jobs in {BATCH_DEADLINE_S:g} s"
+                )
+            time.sleep(POLL_S)
+        while True:
+            states = self.adapter.snapshot(self.dsn, keys)
+            if all(state.state == "done" for state in states.values()):
                 return
-            time.sleep(0.05)
+            if time.monotonic() > deadline_s:
+                raise UsageError(
+                    f"{self.adapter.name} ran every job but did not mark them all "
+                    f"done in {BATCH_DEADLINE_S:g} s"
+                )
+            time.sleep(POLL_S)
+
+    def _wait_started(self) -> None:
+        # Starting a worker (imports, connecting, forking its own processes)
+        # keeps it busy; an idle one only polls. The pool is taken as started
+        # once it has used little CPU for a while.
+        deadline_s = time.monotonic() + READY_DEADLINE_S
+        quiet_cores = QUIET_CORES_PER_WORKER * self.workers
+        used_s = self._pool_cpu_s()
+        quiet_windows = 0
+        while quiet_windows < 2:
+            if time.monotonic() > deadline_s:
+                raise UsageError(
+                    f"{self.adapter.name}: workers still busy starting after "
+                    f"{READY_DEADLINE_S:g} s"
+                )
+            time.sleep(QUIET_WINDOW_S)
+            if len(self.pool.running()) < self.workers:
+                raise UsageError(
+                    f"{self.adapter.name}: a worker exited during its start"
+                )
+            previous_s, used_s = used_s, self._pool_cpu_s()
+            busy = used_s - previous_s > quiet_cores * QUIET_WINDOW_S
+            quiet_windows = 0 if busy else quiet_windows + 1
+
+    def _pool_cpu_s(self) -> float:
+        total_s = 0.0
+        for worker in self.pool.running():
+            try:
+                process = psutil.Process(worker.pid)
+                family = [process, *process.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for member in family:
+                try:
+                    times = member.cpu_times()
+                except psutil.Error:
+                    continue
+                total_s += times.user + times.system
+        return total_s
 
 
-def _enqueue_all(
-    adapter: Adapter, dsn: str, keys: list[str], committed_ns: dict[str, int]
-) -> None:
-    with psycopg.connect(dsn) as conn:
-        for key in keys:
-            adapter.enqueue(conn, key, {"key": key, "behaviour": "ok"})
-            conn.commit()
-            committed_ns[key] = time.monotonic_ns()
+def measure_queue(
+    adapter: Adapter,
+    server: Any,
+    *,
+    workers: int,
+    rounds: int,
+    jobs: int,
+    round_s: float = ROUND_S,
+) -> dict[str, Any]:
+    """Throughput and start latency of one queue with `workers` workers.
+
+    Two batches that are not reported come first: a small one while the
+    workers finish starting, then one of about half a round that sets the
+    size of the rounds: as many jobs as the queue did in about `round_s`, at
+    least MIN_JOBS and at most `jobs`. Each round is one saturated batch,
+    then one paced batch at half its rate.
+    """
+    with QueueBench(adapter, server, workers=workers).running() as bench:
+        warm_up = bench.saturated(min(jobs, MIN_JOBS))
+        calibration = bench.saturated(_round_size(warm_up, round_s / 2, jobs))
+        size = _round_size(calibration, round_s, jobs)
+        rates: list[float] = []
+        medians: list[float] = []
+        p99s: list[float] = []
+        for _ in range(rounds):
+            saturated = bench.saturated(size)
+            rates.append(saturated.jobs_per_s)
+            rate = PACED_FRACTION * saturated.jobs_per_s
+            paced_jobs = max(MIN_JOBS, min(size, round(rate * PACED_S)))
+            paced = bench.paced(paced_jobs, rate)
+            medians.append(statistics.median(paced.latencies_ms))
+            p99s.append(percentile(paced.latencies_ms, 0.99))
+    return {
+        "jobs_per_s": spread(rates),
+        "latency_median_ms": spread(medians),
+        "latency_p99_ms": spread(p99s),
+        "jobs_per_round": size,
+        "latency_at_fraction_of_rate": PACED_FRACTION,
+    }
 
 
-def _all_done(adapter: Adapter, dsn: str, keys: list[str]) -> bool:
-    states = adapter.snapshot(dsn, keys)
-    return all(s.state == "done" for s in states.values())
+def _round_size(batch: Batch, round_s: float, jobs: int) -> int:
+    return round(min(jobs, max(MIN_JOBS, batch.jobs_per_s * round_s)))
+
+
+def queue_round(
+    adapter: Adapter, server: Any, *, workers: int, jobs: int, clients: int = CLIENTS
+) -> dict[str, float]:
+    """One saturated batch of `jobs` jobs on freshly started workers.
+
+    Returns jobs per second (first enqueue to last completion) and the
+    latency from each enqueue's commit to its job's start, in ms.
+    """
+    queue = QueueBench(adapter, server, workers=workers, clients=clients)
+    with queue.running() as bench:
+        batch = bench.saturated(jobs)
+    return {
+        "jobs_per_s": batch.jobs_per_s,
+        "latency_median_ms": statistics.median(batch.latencies_ms),
+        "latency_p99_ms": percentile(batch.latencies_ms, 0.99),
+    }
 
 
 # The harness ---------------------------------------------------------------
 
 
 def ledger_cost_us(executions: int = 2000) -> float:
-    """Microseconds of ledger work per execution: claim an ordinal, start, finish."""
-    directory = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
+    """Microseconds of ledger work per execution: claim an ordinal, start, finish.
+
+    Measured where scenario runs keep their ledgers, under reports/ on disk.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="bench-ledger-", dir=_ledger_parent()))
     try:
         ledger = Ledger(directory)
         started = time.perf_counter()
@@ -210,31 +474,52 @@ def ledger_cost_us(executions: int = 2000) -> float:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def suite_wall_s(parallel: int | None) -> float:
-    """Wall time of `pytest scenarios/`, serial or with -n parallel."""
-    command = [sys.executable, "-m", "pytest", "scenarios/", "-q",
-               "-p", "no:cacheprovider", "--reports", tempfile.mkdtemp()]
+def _ledger_parent() -> str | None:
+    reports = Path("reports")
+    return str(reports) if reports.is_dir() else None
+
+
+def suite_wall_s(parallel: int | None) -> dict[str, Any]:
+    """Wall time of `pytest scenarios/`, serial or with -n parallel, and its result.
+
+    A failing suite is timed all the same; its last line says what failed.
+    """
+    reports = tempfile.mkdtemp(prefix="bench-suite-")
+    command = [
+        sys.executable, "-m", "pytest", "scenarios/", "-q", "-p", "no:cacheprovider",
+        "--reports", reports,
+    ]
     if parallel:
         command += ["-n", str(parallel)]
     started = time.monotonic()
-    out = subprocess.run(command, capture_output=True, text=True)
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, check=False)
+    finally:
+        shutil.rmtree(reports, ignore_errors=True)
     elapsed_s = time.monotonic() - started
-    if out.returncode != 0:
-        tail = out.stdout.strip().splitlines()[-1:] or ["?"]
-        raise UsageError(f"the scenario suite failed during the benchmark: {tail[0]}")
-    return elapsed_s
+    summary = (out.stdout.strip().splitlines() or ["?"])[-1].strip("= ")
+    return {
+        "seconds": round(elapsed_s, 1),
+        "passed": out.returncode == 0,
+        "summary": summary,
+    }
 
 
 def mutant_catch_times(reports_dir: Path) -> dict[str, Any] | None:
     """Seconds to the first catch of each mutant, from the latest mutants report."""
-    found = sorted(reports_dir.glob("mutants-*/mutants.json"))
+    found = list(reports_dir.glob("mutants-*/mutants.json"))
     if not found:
         return None
-    record = json.loads(found[-1].read_text())
+    latest = max(found, key=lambda path: path.stat().st_mtime)
+    record = json.loads(latest.read_text())
     return {
-        "report": str(found[-1]),
+        "report": str(latest),
         "score": record.get("score"),
         "seconds": {m["name"]: m.get("seconds") for m in record.get("mutants", [])},
+        "caught_by": {
+            m["name"]: (m.get("scenarios") or [None])[0]
+            for m in record.get("mutants", [])
+        },
     }
 
 
@@ -248,6 +533,7 @@ def machine() -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "python": platform.python_version(),
         "system": f"{platform.system()} {platform.release()}",
+        "load_average": [round(load, 2) for load in os.getloadavg()],
     }
 
 
@@ -263,7 +549,7 @@ def _cpu_model() -> str:
 
 def run_bench(
     *,
-    seconds: float = 3.0,
+    seconds: float = 2.0,
     rounds: int = 3,
     adapters: list[str] | None = None,
     jobs: int = 1000,
@@ -271,12 +557,17 @@ def run_bench(
     reports_dir: Path = Path("reports"),
     say: Callable[[str], None] = lambda text: None,
 ) -> tuple[dict[str, Any], Path]:
-    """Measure everything; returns the bench record and its report folder."""
+    """Measure everything; returns the bench record and its report folder.
+
+    ``adapters`` None measures every library adapter available here.
+    """
     out_dir = reports_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True, exist_ok=False)
     record: dict[str, Any] = {
         "machine": machine(), "seconds": seconds, "rounds": rounds, "jobs": jobs,
+        "clients": CLIENTS,
     }
+    parts_s: dict[str, float] = {}
     started = time.monotonic()
     with postgres.Cluster() as cluster:
         record["postgres_bindir"] = str(cluster.bindir)
@@ -287,60 +578,87 @@ def run_bench(
                   "dbname": database.name}
 
         say("pgbench: the commit limit")
+        part_started = time.monotonic()
         limit = {}
-        for clients in (1, 4):
+        for clients in (1, CLIENTS):
             limit[f"tps_{clients}_clients"] = spread([
                 pgbench_tps(cluster, params, clients=clients, seconds=seconds,
                             script=INSERT_SCRIPT)
                 for _ in range(rounds)
             ])
         record["limit"] = limit
+        parts_s["limit"] = time.monotonic() - part_started
 
         say("the fault proxy against direct")
+        part_started = time.monotonic()
         record["proxy"] = _proxy_overhead(cluster, params, seconds, rounds)
+        parts_s["proxy"] = time.monotonic() - part_started
 
         queues: dict[str, Any] = {}
-        for name in ["refqueue", *(adapters or [])]:
-            adapter = get_adapter(name)
-            reason = adapter.unavailable()
-            if reason:
-                queues[name] = {"unavailable": reason}
-                continue
-            figures: dict[str, Any] = {"version": adapter.version()}
-            for workers in (1, 4):
-                say(f"{name}: {workers} workers")
-                try:
-                    samples = [queue_round(adapter, cluster, workers=workers,
-                                           jobs=jobs) for _ in range(rounds)]
-                except Exception as exc:
-                    figures[f"{workers}_workers"] = {"error": str(exc)}
-                    continue
-                figures[f"{workers}_workers"] = {
-                    key: spread([s[key] for s in samples]) for key in samples[0]
-                }
-                jps = figures[f"{workers}_workers"]["jobs_per_s"]["median"]
-                tps = limit[f"tps_{4 if workers == 4 else 1}_clients"]["median"]
-                figures[f"{workers}_workers"]["ratio_to_limit"] = round(jps / tps, 3)
-            queues[name] = figures
+        names = libraries() if adapters is None else adapters
+        for name in ["refqueue", *names]:
+            part_started = time.monotonic()
+            queues[name] = _measure_adapter(
+                name, cluster, limit, rounds=rounds, jobs=jobs, say=say
+            )
+            parts_s[f"queue {name}"] = time.monotonic() - part_started
         record["queues"] = queues
         cluster.drop_database(database.name)
 
     say("the harness")
+    part_started = time.monotonic()
     harness: dict[str, Any] = {
         "ledger_us_per_execution": spread([ledger_cost_us() for _ in range(rounds)]),
     }
     if suite:
         say("the scenario suite, serial")
-        harness["suite_serial_s"] = round(suite_wall_s(None), 1)
+        harness["suite_serial"] = suite_wall_s(None)
         say("the scenario suite, -n 2")
-        harness["suite_n2_s"] = round(suite_wall_s(2), 1)
+        harness["suite_n2"] = suite_wall_s(2)
     harness["mutants"] = mutant_catch_times(reports_dir)
     record["harness"] = harness
+    parts_s["harness"] = time.monotonic() - part_started
+    record["parts_s"] = {name: round(value, 1) for name, value in parts_s.items()}
     record["wall_s"] = round(time.monotonic() - started, 1)
 
     report.write_atomic(out_dir / "bench.json", json.dumps(record, indent=2))
     report.write_atomic(out_dir / "bench.md", markdown(record))
     return record, out_dir
+
+
+def _measure_adapter(
+    name: str,
+    cluster: postgres.Cluster,
+    limit: dict[str, Any],
+    *,
+    rounds: int,
+    jobs: int,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    try:
+        adapter = get_adapter(name)
+        reason = adapter.unavailable()
+    except QueueChaosError as exc:
+        return {"unavailable": str(exc)}
+    if reason:
+        return {"unavailable": reason}
+    figures: dict[str, Any] = {"version": adapter.version()}
+    for workers in WORKER_COUNTS:
+        say(f"{name}: {workers} workers")
+        try:
+            measured = measure_queue(
+                adapter, cluster, workers=workers, rounds=rounds, jobs=jobs
+            )
+        except Exception as exc:  # noqa: BLE001 - one queue's failure is its figure
+            log.warning("queue not measured", extra={"queue": name, "error": exc})
+            figures[f"{workers}_workers"] = {"error": str(exc)}
+            continue
+        clients = CLIENTS if workers >= CLIENTS else 1
+        tps = limit[f"tps_{clients}_clients"]["median"]
+        measured["ratio_to_limit"] = round(measured["jobs_per_s"]["median"] / tps, 3)
+        measured["limit_clients"] = clients
+        figures[f"{workers}_workers"] = measured
+    return figures
 
 
 def _proxy_overhead(
@@ -363,21 +681,28 @@ def _proxy_overhead(
             figures[name] = {
                 "direct_tps": spread(direct),
                 "proxy_tps": spread(through),
-                "ratio": round(statistics.median(through) / statistics.median(direct),
-                               3),
+                # each round's ratio: direct and proxied ran back to back
+                "ratio": spread([p / d for p, d in zip(through, direct, strict=True)]),
             }
     return figures
 
 
+# The report ------------------------------------------------------------------
+
+
 def markdown(record: dict[str, Any]) -> str:
+    """bench.md: every figure of a bench record, as tables."""
     m = record["machine"]
     lines = [
         "# Benchmark",
         "",
-        f"{m['cpus']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, "
-        f"{m['system']}, Python {m['python']}; Postgres from "
-        f"{record['postgres_bindir']}. Median of {record['rounds']} rounds "
-        "(lowest to highest).",
+        (
+            f"{m['cpus']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, "
+            f"{m['system']}, Python {m['python']}, load average "
+            f"{' '.join(str(x) for x in m.get('load_average', []))} at the start; "
+            f"Postgres from {record['postgres_bindir']}. Median of "
+            f"{record['rounds']} rounds (lowest to highest)."
+        ),
         "",
         "## The limit: pgbench single-row inserts, synchronous commit",
         "",
@@ -386,44 +711,86 @@ def markdown(record: dict[str, Any]) -> str:
     ]
     for name, value in record["limit"].items():
         lines.append(f"| {name.split('_')[1]} | {_fmt(value)} |")
-    lines += ["", "## Queues: empty jobs end to end", "",
-              "| queue | workers | jobs/s | of the limit | start latency median "
-              "(ms) | p99 (ms) |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Queues: empty jobs end to end",
+        "",
+        (
+            f"{record.get('clients', CLIENTS)} clients enqueue, each job in a "
+            "transaction of its own. Jobs/s: as fast as the clients can enqueue; "
+            "of the limit: against pgbench with as many clients as workers (1 or "
+            f"{CLIENTS}). Latency from an enqueue's commit to its job's start, "
+            "with the clients enqueueing at half the jobs/s just measured."
+        ),
+        "",
+        (
+            "| queue | workers | jobs/s | of the limit | start latency median (ms) "
+            "| p99 (ms) | jobs per round |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, figures in record["queues"].items():
         if "unavailable" in figures:
-            lines.append(f"| {name} | - | unavailable: {figures['unavailable']} "
-                         "| | | |")
+            lines.append(
+                f"| {name} | - | unavailable: {figures['unavailable']} | | | | |"
+            )
             continue
-        for workers in (1, 4):
+        for workers in WORKER_COUNTS:
             f = figures.get(f"{workers}_workers", {})
             if "error" in f:
-                lines.append(f"| {name} | {workers} | error: {f['error']} | | | |")
+                lines.append(
+                    f"| {name} | {workers} | error: {f['error']} | | | | |"
+                )
                 continue
             lines.append(
                 f"| {name} {figures['version']} | {workers} | "
                 f"{_fmt(f['jobs_per_s'])} | {f['ratio_to_limit']:.2f} | "
-                f"{_fmt(f['latency_median_ms'])} | {_fmt(f['latency_p99_ms'])} |"
+                f"{_fmt(f['latency_median_ms'])} | {_fmt(f['latency_p99_ms'])} | "
+                f"{f['jobs_per_round']} |"
             )
-    lines += ["", "## The fault proxy, 1 client", "",
-              "| workload | direct tps | through the proxy | ratio |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## The fault proxy, 1 client",
+        "",
+        "| workload | direct tps | through the proxy | ratio |",
+        "|---|---|---|---|",
+    ]
     for name, f in record["proxy"].items():
-        lines.append(f"| {name} | {_fmt(f['direct_tps'])} | {_fmt(f['proxy_tps'])} "
-                     f"| {f['ratio']:.2f} |")
+        lines.append(
+            f"| {name} | {_fmt(f['direct_tps'])} | {_fmt(f['proxy_tps'])} "
+            f"| {_fmt(f['ratio'])} |"
+        )
     h = record["harness"]
-    lines += ["", "## The harness", "",
-              f"- ledger: {_fmt(h['ledger_us_per_execution'])} µs per execution"]
-    if "suite_serial_s" in h:
-        lines.append(f"- `pytest scenarios/`: {h['suite_serial_s']} s serial, "
-                     f"{h['suite_n2_s']} s with -n 2")
+    lines += [
+        "",
+        "## The harness",
+        "",
+        f"- ledger: {_fmt(h['ledger_us_per_execution'])} µs per execution",
+    ]
+    for key, label in (("suite_serial", "serial"), ("suite_n2", "with -n 2")):
+        if key in h:
+            suite = h[key]
+            verdict = "" if suite["passed"] else f" (failed: {suite['summary']})"
+            lines.append(
+                f"- `pytest scenarios/` {label}: {suite['seconds']} s{verdict}"
+            )
     mutants = h.get("mutants")
     if mutants:
-        lines.append(f"- time to catch each mutant (from {mutants['report']}):")
+        lines.append(
+            f"- time to catch each mutant (score {mutants['score']}, "
+            f"from {mutants['report']}):"
+        )
         for name, seconds in sorted(mutants["seconds"].items()):
-            lines.append(f"  - {name}: {seconds} s")
+            by = mutants.get("caught_by", {}).get(name)
+            caught = f"{seconds} s by {by}" if seconds is not None else "not caught"
+            lines.append(f"  - {name}: {caught}")
     else:
-        lines.append("- time to catch each mutant: no `queue-chaos mutants --json` "
-                     "report yet; run it first")
-    lines += ["", f"Whole benchmark: {record['wall_s']} s.", ""]
+        lines.append(
+            "- time to catch each mutant: no `queue-chaos mutants --json` "
+            "report yet; run it first"
+        )
+    parts = ", ".join(f"{k} {v} s" for k, v in record.get("parts_s", {}).items())
+    lines += ["", f"Whole benchmark: {record['wall_s']} s ({parts}).", ""]
     return "\n".join(lines)
 
 
