@@ -33,6 +33,13 @@ _writers_lock = threading.Lock()
 # ordinal files (see Ledger.claim); None where the file system has no hard links.
 _link_sources: dict[str, tuple[int, str | None]] = {}
 
+# Ordinals directories this process has made sure exist; a worker builds a
+# Ledger per job, and a mkdir that fails with EEXIST costs an exception each time.
+_ordinals_made: set[str] = set()
+
+# One encoder for every record: json.dumps with separators builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
 
 def _reset_after_fork() -> None:
     global _writers_lock
@@ -73,8 +80,10 @@ class Ledger:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
-        self._ordinals = self.directory / "ordinals"
-        self._ordinals.mkdir(parents=True, exist_ok=True)
+        self._directory = os.fspath(directory)
+        self._ordinals = os.path.join(self._directory, "ordinals")
+        if self._ordinals not in _ordinals_made:
+            self._make_ordinals_directory()
         # Highest ordinal this process claimed per key: every n up to it is
         # taken, so the next claim need not look there again.
         self._claimed: dict[str, int] = {}
@@ -198,20 +207,26 @@ class Ledger:
             except OSError as exc:
                 if exc.errno in (errno.EMLINK, errno.ENOENT):
                     # The source has all the links it can, or it was removed
-                    # with a ledger directory made again since: use a new one.
+                    # with the ledger directory: make them again.
+                    if exc.errno == errno.ENOENT:
+                        self._make_ordinals_directory()
                     source = self._new_link_source()
                     continue
                 if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
                     raise
                 # No hard links here: create each ordinal file with O_EXCL.
-                _link_sources[str(self.directory)] = (os.getpid(), None)
+                _link_sources[self._directory] = (os.getpid(), None)
                 source = None
                 continue
             return True
         return _create_file_exclusively(path)
 
+    def _make_ordinals_directory(self) -> None:
+        os.makedirs(self._ordinals, exist_ok=True)
+        _ordinals_made.add(self._ordinals)
+
     def _link_source(self) -> str | None:
-        entry = _link_sources.get(str(self.directory))
+        entry = _link_sources.get(self._directory)
         if entry is not None and entry[0] == os.getpid():
             return entry[1]
         return self._new_link_source()
@@ -219,12 +234,12 @@ class Ledger:
     def _new_link_source(self) -> str:
         # A hidden name, so that neither ``read`` nor the ordinals see it.
         path = os.path.join(
-            self.directory, f".{os.getpid()}-{secrets.token_hex(4)}.ordinal"
+            self._directory, f".{os.getpid()}-{secrets.token_hex(4)}.ordinal"
         )
         os.close(
             os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         )
-        _link_sources[str(self.directory)] = (os.getpid(), path)
+        _link_sources[self._directory] = (os.getpid(), path)
         return path
 
     def _first_free(self, key: str, low: int) -> int:
@@ -247,17 +262,18 @@ class Ledger:
 
     def _append(self, fields: dict[str, object]) -> None:
         record = {"t": time.monotonic_ns(), **fields, "pid": os.getpid()}
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        line = (_ENCODER.encode(record) + "\n").encode()
         fd = self._writer_fd()
-        view = memoryview(line)
+        written = os.write(fd, line)
         # One write in practice; a short write is finished rather than lost,
         # which is safe because nobody else appends to this process's file.
+        view = memoryview(line)[written:]
         while view:
             written = os.write(fd, view)
             view = view[written:]
 
     def _writer_fd(self) -> int:
-        directory = str(self.directory)
+        directory = self._directory
         pid = os.getpid()
         with _writers_lock:
             entry = _writers.get(directory)
