@@ -11,8 +11,9 @@ The figures:
   1 and 4 clients, in transactions per second;
 - each queue (the reference queue and every available library adapter, each
   library in its own environment), with 1 and 4 worker processes: jobs per
-  second end to end (4 clients enqueue empty jobs, each in a transaction of
-  its own, as fast as they can; workers claim, run and complete them), and
+  second end to end (4 clients enqueue empty jobs as fast as they can, each
+  enqueue an implicit transaction of its own on an autocommit connection,
+  like each insert of the limit; workers claim, run and complete them), and
   the latency from an enqueue's commit to its job's start, median and p99.
   Latency is measured at half the throughput just measured, not under
   saturation, where it would only tell how long the backlog was;
@@ -23,8 +24,8 @@ The figures:
   report.
 
 A queue's rounds share one database and one set of workers, started and
-warmed up once, so that rounds measure the queue rather than the start of
-its workers.
+warmed up once (the 4 workers are the 1 worker and 3 more), so that rounds
+measure the queue rather than the start of its workers.
 """
 
 from __future__ import annotations
@@ -67,18 +68,19 @@ CLIENTS = 4
 #: Worker processes of the two configurations measured for each queue.
 WORKER_COUNTS = (1, 4)
 #: Throughput rounds aim at about this long, so slow queues get fewer jobs.
-ROUND_S = 2.0
+ROUND_S = 1.0
 #: The fewest jobs in any round: below this a rate means little.
-MIN_JOBS = 50
+MIN_JOBS = 30
 #: Latency rounds enqueue at this fraction of the measured throughput ...
 PACED_FRACTION = 0.5
-#: ... for about this long.
-PACED_S = 1.0
+#: ... for about this long, and at least this many jobs.
+PACED_S = 0.6
+MIN_PACED_JOBS = 20
 #: How long a batch of jobs may take to be done before the queue is given up.
 BATCH_DEADLINE_S = 60.0
 #: How long stopped workers may take to exit before they are killed: every job
 #: is done by then, so nothing is lost by a short wait.
-STOP_GRACE_S = 2.0
+STOP_GRACE_S = 1.0
 #: How long workers may take to start before the queue is given up.
 READY_DEADLINE_S = 60.0
 #: Workers count as started after two windows of this length in which they
@@ -249,12 +251,21 @@ class QueueBench:
             )
             stack.callback(self.pool.stop, grace_s=STOP_GRACE_S)
             self.pool.start()
+            # Autocommit: each enqueue is an implicit transaction of its own,
+            # as each insert of the pgbench limit is.
             self.connections = [
-                stack.enter_context(psycopg.connect(self.dsn))
+                stack.enter_context(psycopg.connect(self.dsn, autocommit=True))
                 for _ in range(self.clients)
             ]
             self._wait_started()
             yield self
+
+    def grow(self, workers: int) -> None:
+        """Start workers until `workers` run, and wait until they have started."""
+        if workers != self.workers:
+            self.workers = self.pool.size = workers
+            self.pool.start()
+            self._wait_started()
 
     def saturated(self, jobs: int) -> Batch:
         """Clients enqueue `jobs` jobs as fast as they can; time until all done."""
@@ -323,7 +334,6 @@ class QueueBench:
                     if delay_s > 0:
                         time.sleep(delay_s)
                 self.adapter.enqueue(conn, key, {"key": key, "behaviour": "ok"})
-                conn.commit()
                 committed_ns[key] = time.monotonic_ns()
         except Exception as exc:  # noqa: BLE001 - raised again in the main thread
             errors.append(exc)
@@ -394,34 +404,64 @@ def measure_queue(
     adapter: Adapter,
     server: Any,
     *,
-    workers: int,
     rounds: int,
     jobs: int,
+    worker_counts: tuple[int, ...] = WORKER_COUNTS,
     round_s: float = ROUND_S,
-) -> dict[str, Any]:
-    """Throughput and start latency of one queue with `workers` workers.
+    say: Callable[[str], None] = lambda text: None,
+) -> dict[int, dict[str, Any]]:
+    """Throughput and start latency of one queue with each number of workers.
 
-    Two batches that are not reported come first: a small one while the
+    The numbers are measured in increasing order on one database, workers
+    added to those already running; a failure is the figure of the number
+    being measured, and the next one starts afresh.
+    """
+    figures: dict[int, dict[str, Any]] = {}
+    pending = sorted(worker_counts)
+    while pending:
+        try:
+            with QueueBench(adapter, server, workers=pending[0]).running() as bench:
+                while pending:
+                    bench.grow(pending[0])
+                    say(f"{adapter.name}: {pending[0]} workers")
+                    figures[pending[0]] = measure_rounds(
+                        bench, rounds=rounds, jobs=jobs, round_s=round_s
+                    )
+                    pending.pop(0)
+        except Exception as exc:  # noqa: BLE001 - one failure is one figure
+            log.warning(
+                "queue not measured",
+                extra={"queue": adapter.name, "workers": pending[0], "error": exc},
+            )
+            figures[pending.pop(0)] = {"error": str(exc)}
+    return figures
+
+
+def measure_rounds(
+    bench: QueueBench, *, rounds: int, jobs: int, round_s: float = ROUND_S
+) -> dict[str, Any]:
+    """Throughput and start latency of a running queue, over `rounds` rounds.
+
+    Two batches that are not reported come first: a small one while new
     workers finish starting, then one of about half a round that sets the
     size of the rounds: as many jobs as the queue did in about `round_s`, at
     least MIN_JOBS and at most `jobs`. Each round is one saturated batch,
     then one paced batch at half its rate.
     """
-    with QueueBench(adapter, server, workers=workers).running() as bench:
-        warm_up = bench.saturated(min(jobs, MIN_JOBS))
-        calibration = bench.saturated(_round_size(warm_up, round_s / 2, jobs))
-        size = _round_size(calibration, round_s, jobs)
-        rates: list[float] = []
-        medians: list[float] = []
-        p99s: list[float] = []
-        for _ in range(rounds):
-            saturated = bench.saturated(size)
-            rates.append(saturated.jobs_per_s)
-            rate = PACED_FRACTION * saturated.jobs_per_s
-            paced_jobs = max(MIN_JOBS, min(size, round(rate * PACED_S)))
-            paced = bench.paced(paced_jobs, rate)
-            medians.append(statistics.median(paced.latencies_ms))
-            p99s.append(percentile(paced.latencies_ms, 0.99))
+    warm_up = bench.saturated(min(jobs, MIN_JOBS))
+    calibration = bench.saturated(_round_size(warm_up, round_s / 2, jobs))
+    size = _round_size(calibration, round_s, jobs)
+    rates: list[float] = []
+    medians: list[float] = []
+    p99s: list[float] = []
+    for _ in range(rounds):
+        saturated = bench.saturated(size)
+        rates.append(saturated.jobs_per_s)
+        rate = PACED_FRACTION * saturated.jobs_per_s
+        paced_jobs = max(MIN_PACED_JOBS, min(size, round(rate * PACED_S)))
+        paced = bench.paced(paced_jobs, rate)
+        medians.append(statistics.median(paced.latencies_ms))
+        p99s.append(percentile(paced.latencies_ms, 0.99))
     return {
         "jobs_per_s": spread(rates),
         "latency_median_ms": spread(medians),
@@ -435,38 +475,21 @@ def _round_size(batch: Batch, round_s: float, jobs: int) -> int:
     return round(min(jobs, max(MIN_JOBS, batch.jobs_per_s * round_s)))
 
 
-def queue_round(
-    adapter: Adapter, server: Any, *, workers: int, jobs: int, clients: int = CLIENTS
-) -> dict[str, float]:
-    """One saturated batch of `jobs` jobs on freshly started workers.
-
-    Returns jobs per second (first enqueue to last completion) and the
-    latency from each enqueue's commit to its job's start, in ms.
-    """
-    queue = QueueBench(adapter, server, workers=workers, clients=clients)
-    with queue.running() as bench:
-        batch = bench.saturated(jobs)
-    return {
-        "jobs_per_s": batch.jobs_per_s,
-        "latency_median_ms": statistics.median(batch.latencies_ms),
-        "latency_p99_ms": percentile(batch.latencies_ms, 0.99),
-    }
-
-
 # The harness ---------------------------------------------------------------
 
 
 def ledger_cost_us(executions: int = 2000) -> float:
-    """Microseconds of ledger work per execution: claim an ordinal, start, finish.
+    """Microseconds of ledger work per execution, as a job body does it.
 
-    Measured where scenario runs keep their ledgers, under reports/ on disk.
+    Open the ledger, claim an ordinal and record the start, record the end;
+    where scenario runs keep their ledgers, under reports/ on disk.
     """
     directory = Path(tempfile.mkdtemp(prefix="bench-ledger-", dir=_ledger_parent()))
     try:
-        ledger = Ledger(directory)
         started = time.perf_counter()
         for i in range(executions):
             key = f"k{i}"
+            ledger = Ledger(directory)
             n = ledger.start(key, worker="bench")
             ledger.finish(key, n, "ok", worker="bench")
         return (time.perf_counter() - started) / executions * 1e6
@@ -643,21 +666,14 @@ def _measure_adapter(
     if reason:
         return {"unavailable": reason}
     figures: dict[str, Any] = {"version": adapter.version()}
-    for workers in WORKER_COUNTS:
-        say(f"{name}: {workers} workers")
-        try:
-            measured = measure_queue(
-                adapter, cluster, workers=workers, rounds=rounds, jobs=jobs
-            )
-        except Exception as exc:  # noqa: BLE001 - one queue's failure is its figure
-            log.warning("queue not measured", extra={"queue": name, "error": exc})
-            figures[f"{workers}_workers"] = {"error": str(exc)}
-            continue
-        clients = CLIENTS if workers >= CLIENTS else 1
-        tps = limit[f"tps_{clients}_clients"]["median"]
-        measured["ratio_to_limit"] = round(measured["jobs_per_s"]["median"] / tps, 3)
-        measured["limit_clients"] = clients
-        figures[f"{workers}_workers"] = measured
+    measured = measure_queue(adapter, cluster, rounds=rounds, jobs=jobs, say=say)
+    for workers, figure in measured.items():
+        if "error" not in figure:
+            clients = CLIENTS if workers >= CLIENTS else 1
+            tps = limit[f"tps_{clients}_clients"]["median"]
+            figure["ratio_to_limit"] = round(figure["jobs_per_s"]["median"] / tps, 3)
+            figure["limit_clients"] = clients
+        figures[f"{workers}_workers"] = figure
     return figures
 
 
@@ -716,8 +732,9 @@ def markdown(record: dict[str, Any]) -> str:
         "## Queues: empty jobs end to end",
         "",
         (
-            f"{record.get('clients', CLIENTS)} clients enqueue, each job in a "
-            "transaction of its own. Jobs/s: as fast as the clients can enqueue; "
+            f"{record.get('clients', CLIENTS)} clients enqueue, each job in an "
+            "implicit transaction of its own (autocommit), like each insert of "
+            "the limit. Jobs/s: as fast as the clients can enqueue; "
             "of the limit: against pgbench with as many clients as workers (1 or "
             f"{CLIENTS}). Latency from an enqueue's commit to its job's start, "
             "with the clients enqueueing at half the jobs/s just measured."
