@@ -281,16 +281,45 @@ class Run:
         self._keys.append(key)
         return self.client.enqueue(key, behaviour)
 
-    def finish(self, *, complete: bool = True) -> RunResult:
+    def wait(self, seconds: float) -> None:
+        """Let seconds pass while the pool is supervised, as it is under load."""
+        until = time.monotonic() + seconds
+        while True:
+            self.pool.supervise()
+            left_s = until - time.monotonic()
+            if left_s <= 0:
+                return
+            time.sleep(min(0.05, left_s))
+
+    def merge_ledger(self) -> int:
+        """Add what job bodies have written to the ledger so far to the history.
+
+        Returns how many records were new; records already added are skipped,
+        so it may be called after every step of a run.
+        """
+        return self.history.add_ledger(self.ledger.read())
+
+    def finish(
+        self,
+        *,
+        complete: bool = True,
+        drain_deadline_s: float | None = None,
+        drain_quiet_s: float | None = None,
+        report_valid: bool = True,
+    ) -> RunResult:
         """Heal, drain, stop workers, snapshot, check and write the report.
 
         With complete=False (an interrupted run) it only cleans up and writes
-        what it had, marked incomplete, with an unknown verdict.
+        what it had, marked incomplete, with an unknown verdict. The drain
+        gives up after drain_deadline_s (default: `drain_deadline_s()` of the
+        adapter and scenario) or, with drain_quiet_s, once the queue has made
+        no progress for that long. With report_valid=False a valid run writes
+        no report, only its history (a state machine plays many such runs).
         """
         verdict: Verdict | None = None
         try:
             if complete:
-                verdict = self._conclude()
+                verdict = self._conclude(drain_deadline_s, drain_quiet_s)
         except BaseException:
             complete = False
             raise
@@ -303,19 +332,27 @@ class Run:
                 verdict, self.report_dir, self.scenario.name, self.adapter.name,
                 self.seed, complete, self.timings,
             )
-            report.write(result, self)
+            if report_valid or verdict.valid is not True:
+                report.write(result, self)
+            else:
+                self.history.close()
             self._release(drop=complete)
         self.progress("done", {"valid": verdict.valid})
         return result
 
-    def _conclude(self) -> Verdict:
+    def _conclude(
+        self, drain_deadline_s: float | None, drain_quiet_s: float | None
+    ) -> Verdict:
         self._phase("heal")
         self.nemesis.heal_all()
         self.pool.supervise()
 
         self._phase("drain")
         t = time.monotonic()
-        self.drained = self._drain(self.database.dsn, self.pool)
+        self.drained = self._drain(
+            self.database.dsn, self.pool, deadline_s=drain_deadline_s,
+            quiet_s=drain_quiet_s,
+        )
         self.timings["drain_s"] = time.monotonic() - t
 
         self._phase("stop")
@@ -329,10 +366,11 @@ class Run:
         self.final = self.adapter.snapshot(self.database.dsn, self._keys)
         self.history.add_ledger(self.ledger.read())
 
+        # The drain ran to its end, all jobs terminal or the deadline passed,
+        # with the harness healthy: what is still not terminal now is stuck.
         self._phase("check")
         return check(
-            self.history.ops(), self.final, self.adapter.semantics,
-            drained=self.drained,
+            self.history.ops(), self.final, self.adapter.semantics, drained=True,
         )
 
     def _abandon(self) -> None:
@@ -385,9 +423,24 @@ class Run:
             stop.set()
             faults.join()
 
-    def _drain(self, dsn: str, pool: WorkerPool) -> bool:
-        """Wait until every job is terminal; False when the deadline passes."""
-        deadline = time.monotonic() + drain_deadline_s(self.adapter, self.scenario)
+    def _drain(
+        self,
+        dsn: str,
+        pool: WorkerPool,
+        *,
+        deadline_s: float | None = None,
+        quiet_s: float | None = None,
+    ) -> bool:
+        """Wait until every job is terminal; False when the deadline passes.
+
+        With quiet_s, also False once no waiting job changed its state or
+        attempts and no execution was recorded for quiet_s.
+        """
+        if deadline_s is None:
+            deadline_s = drain_deadline_s(self.adapter, self.scenario)
+        deadline = time.monotonic() + deadline_s
+        last_seen: object = None
+        progressed = time.monotonic()
         while True:
             pool.supervise()
             try:
@@ -396,9 +449,18 @@ class Run:
                 self.progress("draining", {"pending": len(pending)})
                 if not pending:
                     return True
+                seen = [(k, states[k].state, states[k].attempts) for k in pending]
+                if self.merge_ledger() or seen != last_seen:
+                    last_seen, progressed = seen, time.monotonic()
             except psycopg.Error as exc:
                 log.warning("snapshot failed during drain", extra={"error": str(exc)})
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
+                return False
+            if quiet_s is not None and now - progressed > quiet_s:
+                self.history.append({"f": "phase", "type": "info",
+                                     "process": "runner", "phase": "stalled",
+                                     "quiet_s": quiet_s})
                 return False
             time.sleep(SNAPSHOT_EVERY_S)
 
