@@ -31,6 +31,7 @@ import psutil
 from harness import _proc
 from harness.errors import UsageError
 from harness.history import History
+from harness.ledger import Ledger
 
 log = logging.getLogger("queue_chaos.nemesis")
 
@@ -55,6 +56,10 @@ SIDES = ("workers", "clients", "both")
 CLOCK_SKEW_S = 300
 # How long before its heal a stalled worker's job processes go on without it.
 STALL_LAG_S = 1.0
+# How long the heal of a skew-clock fault waits for its worker to start a
+# job before killing it, and how often it looks.
+SKEWED_KILL_WAIT_S = 6.0
+SKEWED_POLL_S = 0.01
 FAKETIME_ENV = "QUEUE_CHAOS_LIBFAKETIME"
 
 
@@ -329,9 +334,9 @@ class Nemesis:
 
         It runs the pool's command under libfaketime (only its wall clock is
         skewed; the monotonic clock that orders the history is not), and is
-        SIGKILLed at the heal with whatever it holds, as a host with a wrong
-        clock that crashes. Its jobs must come back after a lease timed by
-        the database, not by its clock.
+        SIGKILLed from the heal on, with whatever it holds, as a host with a
+        wrong clock that crashes. Its jobs must come back after a lease timed
+        by the database, not by its clock.
         """
         library = faketime_library()
         name = f"worker-skewed-{next(self._skewed)}"
@@ -357,9 +362,31 @@ class Nemesis:
             "f": "worker", "type": "info", "process": name, "worker": name,
             "pid": process.pid, "event": "start", "clock_skew_s": CLOCK_SKEW_S,
         })
-        return [name], lambda: self._stop_skewed(name, process)
+        return [name], lambda: self._kill_skewed(name, process)
 
-    def _stop_skewed(self, name: str, process: subprocess.Popen) -> None:
+    def _kill_skewed(self, name: str, process: subprocess.Popen) -> None:
+        """SIGKILL a skewed worker while it runs a job it just started.
+
+        The ledger says when: an execution of the worker that started after
+        the heal began and has not ended. Such a job holds the lease its claim
+        computed, which no heartbeat has renewed yet. Without one within
+        SKEWED_KILL_WAIT_S the worker is killed all the same.
+        """
+        ledger = Ledger.from_env(self.pool.env)
+
+        def running() -> set[tuple[str, int]]:
+            events: dict[tuple[str, int], str] = {}
+            for record in ledger.read():
+                if record.get("worker") == name:
+                    events[(record["key"], record["n"])] = record.get("event", "")
+            return {execution for execution, e in events.items() if e == "start"}
+
+        before = running()
+        deadline = time.monotonic() + SKEWED_KILL_WAIT_S
+        while time.monotonic() < deadline and process.poll() is None:
+            if running() - before:
+                break
+            time.sleep(SKEWED_POLL_S)
         _proc.signal_group(process.pid, signal.SIGKILL)
         process.wait()
         _proc.reap_orphans()

@@ -208,12 +208,12 @@ CATALOGUE: tuple[Scenario, ...] = (
         description="workers whose wall clock runs five minutes fast join and "
         "die; leases are timed by the database, so their jobs come back",
         mix={"slow:0.3": 4, "ok": 1, "fail_first:1": 1},
-        jobs=80,
-        duration_s=8,
-        # Each skewed worker lives a few seconds: long enough to claim jobs,
-        # short enough that it often dies before a heartbeat fixed a lease.
-        faults=_windows((0.5, "skew-clock", 3.0), (1.5, "skew-clock", 3.0),
-                        (3.5, "skew-clock", 3.0), (4.5, "skew-clock", 3.0)),
+        jobs=60,
+        duration_s=10,
+        # Each skewed worker dies just after it starts a job, so it holds one
+        # that no heartbeat has given a lease timed by the database yet.
+        faults=_windows((0.5, "skew-clock", 1.5), (3.0, "skew-clock", 1.5),
+                        (5.5, "skew-clock", 1.5)),
     ),
     Scenario(
         name="mixed-chaos",
