@@ -67,20 +67,24 @@ SELECT_SCRIPT = "SELECT 1;\n"
 CLIENTS = 4
 #: Worker processes of the two configurations measured for each queue.
 WORKER_COUNTS = (1, 4)
-#: Throughput rounds aim at about this long, so slow queues get fewer jobs.
-ROUND_S = 1.0
-#: The fewest jobs in any round: below this a rate means little.
+#: Throughput rounds aim at about this long, so slow queues get fewer jobs ...
+ROUND_S = 0.7
+#: ... but at least this many: below this a rate means little ...
 MIN_JOBS = 30
-#: Latency rounds enqueue at this fraction of the measured throughput ...
+#: ... unless so many take longer than this; then as many as fit (at least 2).
+LONGEST_BATCH_S = 1.2
+#: Latency rounds enqueue at this fraction of the measured throughput, for
+#: about this long, and at least this many jobs (or as many as fit).
 PACED_FRACTION = 0.5
-#: ... for about this long, and at least this many jobs.
-PACED_S = 0.6
+PACED_S = 0.5
 MIN_PACED_JOBS = 20
+#: Jobs per worker of the first batch of new workers, which waits for their start.
+WARM_UP_JOBS_PER_WORKER = 2
 #: How long a batch of jobs may take to be done before the queue is given up.
 BATCH_DEADLINE_S = 60.0
 #: How long stopped workers may take to exit before they are killed: every job
 #: is done by then, so nothing is lost by a short wait.
-STOP_GRACE_S = 1.0
+STOP_GRACE_S = 0.5
 #: How long workers may take to start before the queue is given up.
 READY_DEADLINE_S = 60.0
 #: Workers count as started after two windows of this length in which they
@@ -444,13 +448,15 @@ def measure_rounds(
 
     Two batches that are not reported come first: a small one while new
     workers finish starting, then one of about half a round that sets the
-    size of the rounds: as many jobs as the queue did in about `round_s`, at
-    least MIN_JOBS and at most `jobs`. Each round is one saturated batch,
+    size of the rounds: as many jobs as the queue did in about `round_s`
+    (``batch_size``), at most `jobs`. Each round is one saturated batch,
     then one paced batch at half its rate.
     """
-    warm_up = bench.saturated(min(jobs, MIN_JOBS))
-    calibration = bench.saturated(_round_size(warm_up, round_s / 2, jobs))
-    size = _round_size(calibration, round_s, jobs)
+    warm_up = bench.saturated(min(jobs, WARM_UP_JOBS_PER_WORKER * bench.workers))
+    calibration = bench.saturated(
+        batch_size(warm_up.jobs_per_s, round_s / 2, least=MIN_JOBS, most=jobs)
+    )
+    size = batch_size(calibration.jobs_per_s, round_s, least=MIN_JOBS, most=jobs)
     rates: list[float] = []
     medians: list[float] = []
     p99s: list[float] = []
@@ -458,7 +464,7 @@ def measure_rounds(
         saturated = bench.saturated(size)
         rates.append(saturated.jobs_per_s)
         rate = PACED_FRACTION * saturated.jobs_per_s
-        paced_jobs = max(MIN_PACED_JOBS, min(size, round(rate * PACED_S)))
+        paced_jobs = batch_size(rate, PACED_S, least=MIN_PACED_JOBS, most=size)
         paced = bench.paced(paced_jobs, rate)
         medians.append(statistics.median(paced.latencies_ms))
         p99s.append(percentile(paced.latencies_ms, 0.99))
@@ -471,8 +477,21 @@ def measure_rounds(
     }
 
 
-def _round_size(batch: Batch, round_s: float, jobs: int) -> int:
-    return round(min(jobs, max(MIN_JOBS, batch.jobs_per_s * round_s)))
+def batch_size(
+    rate_per_s: float,
+    target_s: float,
+    *,
+    least: int,
+    most: int,
+    longest_s: float = LONGEST_BATCH_S,
+) -> int:
+    """Jobs for about `target_s` at `rate_per_s`, within bounds.
+
+    At least `least`, or as many as `longest_s` takes when that is fewer, and
+    at least 2; at most `most`.
+    """
+    floor = min(least, rate_per_s * longest_s)
+    return max(2, round(min(most, max(floor, rate_per_s * target_s))))
 
 
 # The harness ---------------------------------------------------------------
@@ -665,7 +684,11 @@ def _measure_adapter(
         return {"unavailable": str(exc)}
     if reason:
         return {"unavailable": reason}
-    figures: dict[str, Any] = {"version": adapter.version()}
+    figures: dict[str, Any] = {
+        "version": adapter.version(),
+        # the machine is shared: how busy it was when this queue was measured
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
     measured = measure_queue(adapter, cluster, rounds=rounds, jobs=jobs, say=say)
     for workers, figure in measured.items():
         if "error" not in figure:
@@ -737,33 +760,35 @@ def markdown(record: dict[str, Any]) -> str:
             "the limit. Jobs/s: as fast as the clients can enqueue; "
             "of the limit: against pgbench with as many clients as workers (1 or "
             f"{CLIENTS}). Latency from an enqueue's commit to its job's start, "
-            "with the clients enqueueing at half the jobs/s just measured."
+            "with the clients enqueueing at half the jobs/s just measured. Queues "
+            "are measured one after another on a shared machine: the load "
+            "average says how busy it was at each one's start."
         ),
         "",
         (
             "| queue | workers | jobs/s | of the limit | start latency median (ms) "
-            "| p99 (ms) | jobs per round |"
+            "| p99 (ms) | jobs per round | load average |"
         ),
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, figures in record["queues"].items():
         if "unavailable" in figures:
             lines.append(
-                f"| {name} | - | unavailable: {figures['unavailable']} | | | | |"
+                f"| {name} | - | unavailable: {figures['unavailable']} | | | | | |"
             )
             continue
         for workers in WORKER_COUNTS:
             f = figures.get(f"{workers}_workers", {})
             if "error" in f:
                 lines.append(
-                    f"| {name} | {workers} | error: {f['error']} | | | | |"
+                    f"| {name} | {workers} | error: {f['error']} | | | | | |"
                 )
                 continue
             lines.append(
                 f"| {name} {figures['version']} | {workers} | "
                 f"{_fmt(f['jobs_per_s'])} | {f['ratio_to_limit']:.2f} | "
                 f"{_fmt(f['latency_median_ms'])} | {_fmt(f['latency_p99_ms'])} | "
-                f"{f['jobs_per_round']} |"
+                f"{f['jobs_per_round']} | {figures.get('load_average_1m', '?')} |"
             )
     lines += [
         "",

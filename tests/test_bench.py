@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 
-from harness import bench
 from harness.bench import (
     Batch,
     OkCounter,
+    batch_size,
     markdown,
     mutant_catch_times,
     paced_schedule_s,
@@ -43,10 +43,16 @@ def test_paced_clients_take_turns_at_an_even_rate():
     ]
 
 
-def test_a_round_has_the_jobs_of_its_time_within_bounds():
-    assert bench._round_size(Batch(100, 0.5), 2.0, 1000) == 400
-    assert bench._round_size(Batch(10, 1.0), 2.0, 1000) == bench.MIN_JOBS
-    assert bench._round_size(Batch(1000, 0.1), 2.0, 1000) == 1000
+def test_a_batch_has_the_jobs_of_its_time_within_bounds():
+    assert batch_size(200.0, 2.0, least=30, most=1000, longest_s=3.0) == 400
+    assert batch_size(20.0, 1.0, least=30, most=1000, longest_s=3.0) == 30
+    assert batch_size(5.0, 1.0, least=30, most=1000, longest_s=3.0) == 15
+    assert batch_size(0.1, 1.0, least=30, most=1000, longest_s=3.0) == 2
+    assert batch_size(5000.0, 1.0, least=30, most=1000, longest_s=3.0) == 1000
+
+
+def test_a_batch_knows_its_rate():
+    assert Batch(jobs=300, elapsed_s=1.5).jobs_per_s == 200.0
 
 
 def ok_line(key):
