@@ -22,6 +22,7 @@ from harness.scenarios import CATALOGUE
 from refqueue.mutants import MUTANTS
 
 SCENARIO_TESTS = Path(__file__).parent.parent / "scenarios"
+CATCH_RUNS = 3
 
 
 def _pair_id(pair: tuple[str, object]) -> str:
@@ -155,7 +156,13 @@ def test_an_unknown_only_name_is_bad_input(capsys):
 def test_the_scenario_catches_the_mutant_with_the_expected_anomalies(
     run_scenario, mutant, catch
 ):
-    result = run_scenario(catch.scenario, adapter=f"refqueue:{mutant}")
+    # A fault lands at a moment of the real system, not of a script: some
+    # mutants show only when a fault meets a job in flight. The gate is that
+    # the catcher catches within CATCH_RUNS runs, each with its own seed.
+    for _ in range(CATCH_RUNS):
+        result = run_scenario(catch.scenario, adapter=f"refqueue:{mutant}")
+        if result.verdict.valid is False:
+            break
 
     shown = sorted({anomaly.kind for anomaly in result.verdict.violations})
     assert result.verdict.valid is False, result.summary()
