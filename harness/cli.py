@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from harness import __version__
@@ -118,6 +119,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _check_writable(folder: Path) -> None:
+    if not str(folder).strip() or str(folder) == ".":
+        raise UsageError(
+            f"reports folder {str(folder)!r} is empty or the current folder; "
+            "give one such as --reports reports"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".probe-{os.getpid()}"
@@ -155,7 +161,7 @@ class _Progress:
         if self._status is None:
             return
         if phase == "setup":
-            self._console.print(f"report: {info['report_dir']}")
+            self._console.print(f"report: {info['report_dir']}", soft_wrap=True)
         elif phase == "enqueued":
             self._status.update(f"load: {info['index']} jobs enqueued")
         elif phase == "draining":
@@ -171,6 +177,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     from harness.report import load_results
 
     run_dir = Path(args.run_dir)
+    if run_dir.is_file():
+        raise UsageError(
+            f"{str(run_dir)!r} is a file; give the folder of one run, "
+            f"e.g. {str(run_dir.parent)!r}"
+        )
     record = load_results(run_dir)
     history_path = run_dir / "history.jsonl"
     if not history_path.exists():
@@ -179,12 +190,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     final_path = run_dir / "final.json"
     final = None
     if final_path.exists():
-        recorded = json.loads(final_path.read_text())
-        final = {key: JobState(**state) for key, state in recorded.items()}
+        try:
+            recorded = json.loads(final_path.read_text())
+            final = {key: JobState(**state) for key, state in recorded.items()}
+        except (ValueError, TypeError, AttributeError):
+            raise UsageError(
+                f"{str(final_path)!r} is truncated or not a final state; run "
+                "the scenario again to record a whole one"
+            ) from None
     verdict = check(
         history.ops(), final, Semantics(**record["semantics"]),
         drained=record.get("judged_liveness", False),
-        complete=history.complete and record.get("complete", False),
+        # A history cut short before the runner's last phase cannot judge
+        # liveness: the verdict is then unknown, never blamed on the queue.
+        complete=history.complete and record.get("complete", False) and any(
+            op["f"] == "phase" and op.get("phase") == "check"
+            for op in history.ops()
+        ),
     )
     out = verdict.to_dict()
     if args.json:
@@ -287,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    # Plotting and terminal libraries ask for a runtime folder that CI
+    # machines and containers often lack; nothing here needs one.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

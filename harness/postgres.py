@@ -232,6 +232,14 @@ class _Server:
         )
 
 
+def _masked(dsn: str) -> str:
+    """The DSN as it may be shown: any password replaced by ***."""
+    params = conninfo.conninfo_to_dict(dsn)
+    if "password" in params:
+        params["password"] = "***"
+    return conninfo.make_conninfo(**params)
+
+
 class ExternalServer(_Server):
     """A server the harness does not own, given by DSN; server faults are refused."""
 
@@ -239,15 +247,21 @@ class ExternalServer(_Server):
         try:
             self._params = conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
-            raise UsageError(f"cannot parse DSN {dsn!r}: {exc}") from None
+            raise UsageError(
+                f"cannot parse DSN {dsn!r} ({str(exc).strip()}); give key=value "
+                "pairs such as 'host=localhost port=5432 user=me' or a "
+                "postgresql:// URL"
+            ) from None
         self._given = dsn
         try:
             with psycopg.connect(dsn, connect_timeout=5):
                 pass
         except psycopg.OperationalError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            shown = _masked(dsn)
+            first = first.replace(self._params.get("password") or "\0", "***")
             raise PostgresError(
-                f"cannot connect to {dsn!r} ({first}); check the DSN, or unset "
+                f"cannot connect to {shown!r} ({first}); check the DSN, or unset "
                 f"--pg-dsn / {DSN_ENV} to use an ephemeral cluster"
             ) from None
         self._ensure_template()

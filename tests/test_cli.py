@@ -102,3 +102,18 @@ def test_a_recorded_run_is_judged_the_same_offline(tmp_path):
     rechecked = json.loads(result.stdout)
     assert rechecked["valid"] is True
     assert rechecked["counts"] == recorded["counts"]
+
+    # a history cut short is unknown, never blamed on the queue
+    lines = (run_dir / "history.jsonl").read_text().splitlines(keepends=True)
+    (run_dir / "history.jsonl").write_text("".join(lines[: len(lines) // 2]))
+    cut = queue_chaos("check", str(run_dir))
+    assert cut.returncode == 3, cut.stdout + cut.stderr
+    assert "incomplete" in cut.stdout
+
+
+def test_check_refuses_a_results_file_given_for_its_folder(tmp_path):
+    (tmp_path / "results.json").write_text('{"schema": 1}')
+
+    result = queue_chaos("check", str(tmp_path / "results.json"))
+
+    assert_one_line_usage_error(result, "give the folder of one run")
