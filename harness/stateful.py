@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import psutil
 import psycopg
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.control import current_build_context
 from hypothesis.database import DirectoryBasedExampleDatabase
@@ -99,6 +99,9 @@ PROFILES: dict[str, float | None] = {"ci": 60.0, "deep": None}
 # check would then fail a run for the machine's load, not for a strategy.
 _SUPPRESSED = (HealthCheck.too_slow,)
 
+# No explain phase: it reports which lines of the harness ran, not of the queue.
+_PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)
+
 settings.register_profile(
     "ci",
     max_examples=10,
@@ -107,6 +110,7 @@ settings.register_profile(
     database=None,
     report_multiple_bugs=False,
     suppress_health_check=_SUPPRESSED,
+    phases=_PHASES,
 )
 settings.register_profile(
     "deep",
@@ -116,6 +120,7 @@ settings.register_profile(
     database=DirectoryBasedExampleDatabase(".hypothesis/examples"),
     report_multiple_bugs=False,
     suppress_health_check=_SUPPRESSED,
+    phases=_PHASES,
 )
 
 SCENARIO = Scenario(
