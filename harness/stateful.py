@@ -93,10 +93,11 @@ PROFILE_ENV = "QUEUE_CHAOS_HYPOTHESIS_PROFILE"
 # the limit to Hypothesis (five minutes).
 PROFILES: dict[str, float | None] = {"ci": 60.0, "deep": None}
 
-# Health checks that do not fit steps made of real processes: too_slow times
-# the drawing of each step, and on a shared 2-core machine this process is
-# descheduled mid-draw while Postgres, the proxy and the workers run; the
-# check would then fail a run for the machine's load, not for a strategy.
+# Health checks that do not fit a machine of real processes: too_slow times
+# the drawing of steps. The draws are cheap (rules only record; programs play
+# in teardown), but this process shares two cores with Postgres, the proxy,
+# the workers and other test sessions, and a draw descheduled for a second
+# would fail the run for the machine's load, not for a strategy.
 _SUPPRESSED = (HealthCheck.too_slow,)
 
 # No explain phase: it reports which lines of the harness ran, not of the queue.
@@ -327,8 +328,11 @@ class _Player:
         ))
 
     def history_is_safe(self, played: int) -> _Failure | None:
-        """The invariant: nothing unexpected, no concurrent execution, no retry
-        past the limit, on the history so far (the ledger merged in)."""
+        """The invariant, checked after every step on the history so far.
+
+        Nothing unexpected, no concurrent execution under a valid lease, no
+        retry past the limit; the ledger is merged in first.
+        """
         self.run.merge_ledger()
         verdict = check_safety(self.run.history.ops(), self.run.adapter.semantics)
         if verdict.valid is True:
@@ -344,7 +348,7 @@ class _Player:
     # Steps --------------------------------------------------------------
 
     def enqueue(self, behaviour: str, jobs: int) -> None:
-        """Enqueue a batch of jobs of one behaviour and let the queue take them up."""
+        """Enqueue a batch of jobs of one behaviour through the client."""
         keys = [f"j{self.keys + index:05d}" for index in range(jobs)]
         self.keys += jobs
         self.enqueued.append(behaviour)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import settings
 
@@ -78,3 +80,28 @@ def test_the_machine_has_only_the_rules_its_run_can_play(pg_server):
     assert "kill_worker" in workers_only and "server_crash" not in workers_only
     assert {"server_crash", "server_freeze", "server_thaw"} <= with_server
     assert "partition" not in with_server  # no network given
+
+
+def test_a_failure_that_does_not_happen_again_is_reported_with_its_report(
+    pg_server, tmp_path
+):
+    # A queue that fails once and never again, in place of a real flaky one:
+    # the machine must replay the failure Hypothesis reports, not recall it.
+    queue_machine = stateful.machine("refqueue", pg_server, faults=("workers",))
+    report_dir = tmp_path / "the-failing-run"
+
+    class FailsOnce(queue_machine):
+        def _play(self, steps):
+            if self.setup.failed:
+                return None
+            report_dir.mkdir()
+            self.setup.failed.append(report_dir)
+            self.setup.first_failure_s = time.monotonic()
+            return stateful._Failure(AssertionError, "the queue broke, once")
+
+    with pytest.raises(stateful.FailureNotReproduced) as flaky:
+        stateful.run_machine(FailsOnce, settings=HUNT, shrink_budget_s=None)
+
+    message = str(flaky.value)
+    assert "non-reproducible failure" in message
+    assert str(report_dir / "report.md") in message
