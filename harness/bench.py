@@ -13,8 +13,9 @@ The figures:
   library in its own environment), with 1 and 4 worker processes: jobs per
   second end to end (4 clients enqueue empty jobs as fast as they can, each
   enqueue an implicit transaction of its own on an autocommit connection,
-  like each insert of the limit; workers claim, run and complete them), and
-  the latency from an enqueue's commit to its job's start, median and p99.
+  like each insert of the limit; workers claim, run and complete them),
+  from the first enqueue to the moment all are done; and the
+  latency from an enqueue's commit to its job's start, median and p99.
   Latency is measured at half the throughput just measured, not under
   saturation, where it would only tell how long the backlog was;
 - the fault proxy: pgbench through the proxy against direct, 1 client;
@@ -70,7 +71,7 @@ WORKER_COUNTS = (1, 4)
 #: Throughput rounds aim at about this long, so slow queues get fewer jobs ...
 ROUND_S = 0.7
 #: ... but at least this many: below this a rate means little ...
-MIN_JOBS = 30
+MIN_JOBS = 20
 #: ... unless so many take longer than this; then as many as fit (at least 2).
 LONGEST_BATCH_S = 1.2
 #: Latency rounds enqueue at this fraction of the measured throughput, for
@@ -155,7 +156,11 @@ def pgbench_tps(
 
 @dataclass
 class Batch:
-    """What one batch of jobs measured: its rate and its start latencies."""
+    """What one batch of jobs measured: its rate and its start latencies.
+
+    ``elapsed_s`` runs from the first enqueue to the moment every job was
+    seen done.
+    """
 
     jobs: int
     elapsed_s: float
@@ -447,14 +452,19 @@ def measure_rounds(
     """Throughput and start latency of a running queue, over `rounds` rounds.
 
     Two batches that are not reported come first: a small one while new
-    workers finish starting, then one of about half a round that sets the
-    size of the rounds: as many jobs as the queue did in about `round_s`
-    (``batch_size``), at most `jobs`. Each round is one saturated batch,
-    then one paced batch at half its rate.
+    workers finish starting, then one of about half a round (at least
+    MIN_JOBS) that sets the size of the rounds: as many jobs as the queue ran
+    in about `round_s` (``batch_size``), at most `jobs`. Each
+    round is one saturated batch, then one paced batch at half its rate.
     """
     warm_up = bench.saturated(min(jobs, WARM_UP_JOBS_PER_WORKER * bench.workers))
+    # At least MIN_JOBS: a queue that fetches jobs in batches, or waits for
+    # its poll, is slow on a handful, and would be sized by its slowest case.
     calibration = bench.saturated(
-        batch_size(warm_up.jobs_per_s, round_s / 2, least=MIN_JOBS, most=jobs)
+        max(
+            min(jobs, MIN_JOBS),
+            batch_size(warm_up.jobs_per_s, round_s / 2, least=2, most=jobs),
+        )
     )
     size = batch_size(calibration.jobs_per_s, round_s, least=MIN_JOBS, most=jobs)
     rates: list[float] = []
@@ -757,7 +767,8 @@ def markdown(record: dict[str, Any]) -> str:
         (
             f"{record.get('clients', CLIENTS)} clients enqueue, each job in an "
             "implicit transaction of its own (autocommit), like each insert of "
-            "the limit. Jobs/s: as fast as the clients can enqueue; "
+            "the limit. Jobs/s: as fast as the clients can enqueue, from the "
+            "first enqueue until all are done; "
             "of the limit: against pgbench with as many clients as workers (1 or "
             f"{CLIENTS}). Latency from an enqueue's commit to its job's start, "
             "with the clients enqueueing at half the jobs/s just measured. Queues "
