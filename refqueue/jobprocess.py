@@ -176,7 +176,6 @@ class JobProcess:
         assert self._process.stdout is not None
         os.set_blocking(self._process.stdout.fileno(), False)
         self._received = b""
-        self._started = False
 
     def _close(self) -> int:
         assert self._process is not None
@@ -185,6 +184,7 @@ class JobProcess:
             if pipe is not None:
                 pipe.close()
         self._process = None
+        self._started = False
         return returncode
 
     def _take_job(self) -> Job:

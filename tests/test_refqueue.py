@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from typing import Any
 
 import psutil
@@ -24,6 +26,7 @@ from refqueue_handlers import (
 
 import refqueue
 from refqueue import Jobs, LeaseLost
+from refqueue.jobprocess import JobProcess, child_command
 
 JOBS = Jobs()
 
@@ -408,6 +411,47 @@ def test_a_transactional_worker_commits_a_jobs_writes_with_its_completion(
         "bad": "dead",
     }
     assert effects == {"ok": 1, "fails-once": 1}
+
+
+# Job processes ----------------------------------------------------------------
+
+
+def read_until(process: JobProcess, predicate: Any, timeout_s: float = 10.0) -> Any:
+    """Read what the child writes until ``predicate(outcome)`` holds; return it."""
+    deadline_s = time.monotonic() + timeout_s
+    while time.monotonic() < deadline_s:
+        readable, _, _ = select.select([process], [], [], 0.1)
+        outcome = process.read_outcome() if readable else None
+        if predicate(outcome):
+            return outcome
+    raise AssertionError(f"the job process did not get there within {timeout_s} s")
+
+
+def test_a_job_process_takes_jobs_only_once_it_said_it_started() -> None:
+    command = child_command(
+        handler="json:dumps", transactional=False, dsn="", mutant=None
+    )
+    process = JobProcess(command)
+    job = refqueue.Job(1, "k", "default", {"a": 1}, 1, 3, uuid.uuid4())
+    try:
+        process.ensure_started()
+        assert process.alive and not process.available
+        read_until(process, lambda outcome: process.available)
+
+        process.start(job, timeout_s=10.0)
+        assert not process.available
+        outcome = read_until(process, lambda outcome: outcome is not None)
+        assert (outcome.job, outcome.kind) == (job, "ok")
+        assert process.available
+
+        # A replacement for a killed child starts over.
+        process.kill()
+        assert not process.available
+        process.ensure_started()
+        assert not process.available
+        read_until(process, lambda outcome: process.available)
+    finally:
+        process.kill()
 
 
 # The worker's command line --------------------------------------------------
