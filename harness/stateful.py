@@ -105,7 +105,7 @@ _PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shri
 
 settings.register_profile(
     "ci",
-    max_examples=10,
+    max_examples=8,
     stateful_step_count=5,
     deadline=None,
     database=None,
@@ -207,10 +207,11 @@ class _Setup:
     failed: list[Path] = field(default_factory=list)
     first_failure_s: float | None = None
     shrink_cut: bool = False
+    shrink_done: bool = False
 
     def budget_spent(self) -> bool:
-        """Whether shrinking has used its budget since the first failure."""
-        return (
+        """Whether shrinking is over: done, or out of its budget."""
+        return self.shrink_done or (
             self.shrink_budget_s is not None
             and self.first_failure_s is not None
             and time.monotonic() - self.first_failure_s > self.shrink_budget_s
@@ -222,6 +223,7 @@ class _Setup:
         self.failed.clear()
         self.first_failure_s = None
         self.shrink_cut = False
+        self.shrink_done = False
 
 
 @dataclass(frozen=True)
@@ -683,9 +685,10 @@ class QueueMachine(RuleBasedStateMachine):
 
     Playing at teardown, not as rules are drawn, lets the machine remember
     each program's outcome: Hypothesis meets the same program many times
-    under different choices while it shrinks, and plays each once. The
-    failure it reports is always played again. Once the shrink budget is
-    spent, programs not yet played pass unplayed.
+    under different choices while it shrinks, and plays each once. At the
+    first failure the machine cuts steps itself (`_cut_steps`); after that,
+    or once the shrink budget is spent, programs not yet played pass
+    unplayed. The failure Hypothesis reports is always played again.
     """
 
     setup: ClassVar[_Setup | None] = None
@@ -760,7 +763,7 @@ class QueueMachine(RuleBasedStateMachine):
         if not final and _key(self.steps) in setup.outcomes:
             return setup.outcomes[_key(self.steps)]
         if not final and setup.budget_spent():
-            setup.shrink_cut = True
+            setup.shrink_cut |= not setup.shrink_done
             return None
         first = setup.first_failure_s is None
         failure = self._play(self.steps)
@@ -786,12 +789,13 @@ class QueueMachine(RuleBasedStateMachine):
         of which keep its length; played for real, each costs seconds. So at
         the first failure the machine plays, itself, the program without one
         step, for each step, keeping any that still fails, then each batch
-        down to one job. Hypothesis's shrinker then finds their outcomes
-        remembered when it tries them, at no cost.
+        down to one job, until nothing more can go. Hypothesis's shrinker
+        then finds their outcomes remembered when it tries them, and its
+        other variants (other behaviours, other faults) are not played.
         """
         current = list(steps)
         changed = True
-        while changed and not self.setup.budget_spent():
+        while changed:
             changed = False
             candidates = [
                 current[:i] + current[i + 1:] for i in reversed(range(len(current)))
@@ -803,6 +807,7 @@ class QueueMachine(RuleBasedStateMachine):
             ]
             for candidate in candidates:
                 if self.setup.budget_spent():
+                    self.setup.shrink_cut = True
                     return
                 if not candidate or not self._valid(candidate):
                     continue
@@ -811,6 +816,7 @@ class QueueMachine(RuleBasedStateMachine):
                 if failure is not None:
                     current, changed = candidate, True
                     break
+        self.setup.shrink_done = True
 
     def _valid(self, steps: list[tuple[str, dict[str, Any]]]) -> bool:
         """Whether every step's preconditions hold where it stands in steps."""
