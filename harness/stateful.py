@@ -57,7 +57,7 @@ __all__ = [
 # towards the front. Hangs appear only where the queue has a job timeout.
 BEHAVIOURS = (
     "ok",
-    "slow:1",
+    "slow:2",
     "fail_first:1",
     "crash_first:1",
     "hang_first:1",
@@ -66,7 +66,7 @@ BEHAVIOURS = (
 )
 BATCH_JOBS = (1, 3)
 # Apart from the moments a job of BEHAVIOURS changes state after its start
-# (1 s: slow:1 ends; 2 to 2.5 s: a lease of a killed worker is taken back;
+# (2 s: slow:2 ends; 2 to 2.5 s: a lease of a killed worker is taken back;
 # 3 s: a hang times out), so that a replay meets the same states.
 PAUSES_S = (0.4, 1.5, 4.0)
 PROXY_SIDES = ("workers", "clients")
@@ -89,9 +89,10 @@ WHERE datname = %(database)s AND backend_type = 'client backend'
   AND application_name <> %(client)s AND pid <> pg_backend_pid()"""
 
 PROFILE_ENV = "QUEUE_CHAOS_HYPOTHESIS_PROFILE"
-# Each profile's seconds of shrinking after the first failure; None leaves
-# the limit to Hypothesis (five minutes).
-PROFILES: dict[str, float | None] = {"ci": 60.0, "deep": None}
+# Each profile's seconds of shrinking after the first failure, programs played
+# by the machine's own step cutting included (None: no limit but Hypothesis's
+# own five minutes between plays). A program plays in seconds to a minute.
+PROFILES: dict[str, float | None] = {"ci": 60.0, "deep": 900.0}
 
 # Health checks that do not fit a machine of real processes: too_slow times
 # the drawing of steps. The draws are cheap (rules only record; programs play
@@ -115,8 +116,8 @@ settings.register_profile(
 )
 settings.register_profile(
     "deep",
-    max_examples=200,
-    stateful_step_count=25,
+    max_examples=100,
+    stateful_step_count=12,
     deadline=None,
     database=DirectoryBasedExampleDatabase(".hypothesis/examples"),
     report_multiple_bugs=False,
@@ -208,10 +209,12 @@ class _Setup:
     first_failure_s: float | None = None
     shrink_cut: bool = False
     shrink_done: bool = False
+    # the length of the shortest failing program Hypothesis has been given
+    shortest_failure: float = float("inf")
 
     def budget_spent(self) -> bool:
-        """Whether shrinking is over: done, or out of its budget."""
-        return self.shrink_done or (
+        """Whether shrinking has used its budget since the first failure."""
+        return (
             self.shrink_budget_s is not None
             and self.first_failure_s is not None
             and time.monotonic() - self.first_failure_s > self.shrink_budget_s
@@ -224,6 +227,7 @@ class _Setup:
         self.first_failure_s = None
         self.shrink_cut = False
         self.shrink_done = False
+        self.shortest_failure = float("inf")
 
 
 @dataclass(frozen=True)
@@ -621,9 +625,11 @@ class _Player:
 
 def _program_text(setup: _Setup, steps: list[tuple[str, dict[str, Any]]]) -> str:
     """The program as lines to paste into a test, after the class is made."""
+    network = ", network=network" if any(n == "partition" for n, _ in steps) else ""
     lines = [
         f"program of {len(steps)} step(s), seed {setup.seed}:",
-        f"    QueueMachine = harness.stateful.machine({setup.adapter.name!r}, server)",
+        f"    QueueMachine = harness.stateful.machine("
+        f"{setup.adapter.name!r}, server{network})",
         "    state = QueueMachine()",
         *(f"    {_shown(name, args)}" for name, args in steps),
         "    state.teardown()",
@@ -686,9 +692,10 @@ class QueueMachine(RuleBasedStateMachine):
     Playing at teardown, not as rules are drawn, lets the machine remember
     each program's outcome: Hypothesis meets the same program many times
     under different choices while it shrinks, and plays each once. At the
-    first failure the machine cuts steps itself (`_cut_steps`); after that,
-    or once the shrink budget is spent, programs not yet played pass
-    unplayed. The failure Hypothesis reports is always played again.
+    first failure the machine cuts steps itself (`_cut_steps`); after that
+    it plays only programs shorter than the shortest failure so far, and
+    none once the shrink budget is spent: the others pass unplayed. The
+    failure Hypothesis reports is always played again.
     """
 
     setup: ClassVar[_Setup | None] = None
@@ -760,15 +767,23 @@ class QueueMachine(RuleBasedStateMachine):
         if not self.steps:
             return None
         final = _is_final_replay()
-        if not final and _key(self.steps) in setup.outcomes:
-            return setup.outcomes[_key(self.steps)]
-        if not final and setup.budget_spent():
-            setup.shrink_cut |= not setup.shrink_done
+        if final:
+            return self._play(self.steps)
+        if _key(self.steps) in setup.outcomes:
+            failure = setup.outcomes[_key(self.steps)]
+        elif setup.budget_spent() or (
+            # after the machine's own cutting, only shorter programs are worth it
+            setup.shrink_done and len(self.steps) >= setup.shortest_failure
+        ):
+            setup.shrink_cut |= setup.budget_spent() and not setup.shrink_done
             return None
-        first = setup.first_failure_s is None
-        failure = self._play(self.steps)
-        if failure is not None and first and not final:
-            self._cut_steps(self.steps)
+        else:
+            first = setup.first_failure_s is None
+            failure = self._play(self.steps)
+            if failure is not None and first:
+                self._cut_steps(self.steps)
+        if failure is not None:
+            setup.shortest_failure = min(setup.shortest_failure, len(self.steps))
         return failure
 
     def _play(self, steps: list[tuple[str, dict[str, Any]]]) -> _Failure | None:
@@ -790,8 +805,7 @@ class QueueMachine(RuleBasedStateMachine):
         the first failure the machine plays, itself, the program without one
         step, for each step, keeping any that still fails, then each batch
         down to one job, until nothing more can go. Hypothesis's shrinker
-        then finds their outcomes remembered when it tries them, and its
-        other variants (other behaviours, other faults) are not played.
+        then finds their outcomes remembered when it tries them.
         """
         current = list(steps)
         changed = True
