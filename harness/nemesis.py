@@ -286,7 +286,7 @@ class Nemesis:
         before a loop that is still stuck. Its jobs then finish without
         anyone heartbeating or checking their leases; the heal resumes it.
         """
-        worker = self.pool.pick(self.rng)
+        worker = self._pick_busy()
         if worker is None:
             return [], None
         self.pool.pause(worker)
@@ -303,6 +303,16 @@ class Nemesis:
                 self.pool.resume(worker)
 
         return [worker.name], heal
+
+    def _pick_busy(self) -> Any:
+        """An active worker running a job (the ledger says which), else any."""
+        events: dict[tuple[str, int], tuple[str, str]] = {}
+        for record in Ledger.from_env(self.pool.env).read():
+            execution = (record["key"], record["n"])
+            events[execution] = (record.get("worker", ""), record.get("event", ""))
+        busy = {worker for worker, event in events.values() if event == "start"}
+        choices = [w for w in self.pool.active() if w.name in busy]
+        return self.rng.choice(choices) if choices else self.pool.pick(self.rng)
 
     def _thaw_job_processes(self, worker: Any) -> None:
         with self._lock:

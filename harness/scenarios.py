@@ -120,13 +120,13 @@ CATALOGUE: tuple[Scenario, ...] = (
         "over, while it cannot heartbeat; fencing keeps them from completing "
         "twice",
         mix={"slow:1": 3, "ok": 1},
-        jobs=72,
-        duration_s=12,
+        jobs=78,
+        duration_s=13,
         workers=3,
         # Enough load to keep every worker busy; each stall freezes one for
         # longer than a lease plus a job, so its jobs are claimed and done
         # elsewhere before its own go on.
-        faults=_windows((1.5, "stall-worker", 5.0), (7.0, "stall-worker", 5.0)),
+        faults=_windows((2.5, "stall-worker", 5.0), (8.0, "stall-worker", 5.0)),
         transactional=True,
     ),
     Scenario(
