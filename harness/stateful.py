@@ -781,7 +781,7 @@ class QueueMachine(RuleBasedStateMachine):
             first = setup.first_failure_s is None
             failure = self._play(self.steps)
             if failure is not None and first:
-                self._cut_steps(self.steps)
+                self._cut_steps(self.steps, failure)
         if failure is not None:
             setup.shortest_failure = min(setup.shortest_failure, len(self.steps))
         return failure
@@ -790,14 +790,16 @@ class QueueMachine(RuleBasedStateMachine):
         started_s = time.monotonic()
         failure = _Player(self.setup, list(steps)).play()
         self.setup.outcomes[_key(steps)] = failure
-        log.info("program played", extra={
+        log.debug("program played", extra={
             "steps": [_shown(name, args) for name, args in steps],
             "failed": failure is not None,
             "seconds": round(time.monotonic() - started_s, 1),
         })
         return failure
 
-    def _cut_steps(self, steps: list[tuple[str, dict[str, Any]]]) -> None:
+    def _cut_steps(
+        self, steps: list[tuple[str, dict[str, Any]]], failure: _Failure
+    ) -> None:
         """Play shorter programs that might fail as this one did, within the budget.
 
         Hypothesis shrinks by trying many variants of a failing program, most
@@ -826,8 +828,8 @@ class QueueMachine(RuleBasedStateMachine):
                 if not candidate or not self._valid(candidate):
                     continue
                 known = self.setup.outcomes.get(_key(candidate), ...)
-                failure = self._play(candidate) if known is ... else known
-                if failure is not None:
+                outcome = self._play(candidate) if known is ... else known
+                if outcome is not None and outcome.kind is failure.kind:
                     current, changed = candidate, True
                     break
         self.setup.shrink_done = True
