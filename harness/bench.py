@@ -76,14 +76,14 @@ WORKER_COUNTS = (1, 4)
 #: Throughput rounds aim at about this long, so slow queues get fewer jobs ...
 ROUND_S = 0.7
 #: ... but at least this many: below this a rate means little ...
-MIN_JOBS = 15
+MIN_JOBS = 10
 #: ... unless so many take longer than this; then as many as fit (at least 2).
-LONGEST_BATCH_S = 1.2
+LONGEST_BATCH_S = 0.8
 #: Latency rounds enqueue at this fraction of the measured throughput, for
 #: about this long, and at least this many jobs (or as many as fit).
 PACED_FRACTION = 0.5
-PACED_S = 0.5
-MIN_PACED_JOBS = 20
+PACED_S = 0.3
+MIN_PACED_JOBS = 15
 #: Jobs per worker of the first batch of new workers, which waits for their start.
 WARM_UP_JOBS_PER_WORKER = 2
 #: How long a batch of jobs may take to be done before the queue is given up.
@@ -459,8 +459,11 @@ def measure_rounds(
     Two batches that are not reported come first: a small one while new
     workers finish starting, then one of about half a round (at least
     MIN_JOBS) that sets the size of the rounds: as many jobs as the queue ran
-    in about `round_s` (``batch_size``), at most `jobs`. Each
-    round is one saturated batch, then one paced batch at half its rate.
+    in about `round_s` (``batch_size``), at most `jobs`. A round slower than
+    that makes the next ones smaller, never larger: some queues wait for a
+    poll now and then, and a round sized on a fast run then takes many
+    times as long. Each round is one saturated batch, then one paced batch
+    at half its rate.
     """
     warm_up = bench.saturated(min(jobs, WARM_UP_JOBS_PER_WORKER * bench.workers))
     # At least MIN_JOBS: a queue that fetches jobs in batches, or waits for
@@ -471,13 +474,17 @@ def measure_rounds(
             batch_size(warm_up.jobs_per_s, round_s / 2, least=2, most=jobs),
         )
     )
-    size = batch_size(calibration.jobs_per_s, round_s, least=MIN_JOBS, most=jobs)
+    slowest_per_s = calibration.jobs_per_s
+    sizes: list[int] = []
     rates: list[float] = []
     medians: list[float] = []
     p99s: list[float] = []
     for _ in range(rounds):
+        size = batch_size(slowest_per_s, round_s, least=MIN_JOBS, most=jobs)
         saturated = bench.saturated(size)
+        sizes.append(size)
         rates.append(saturated.jobs_per_s)
+        slowest_per_s = min(slowest_per_s, saturated.jobs_per_s)
         rate = PACED_FRACTION * saturated.jobs_per_s
         paced_jobs = batch_size(rate, PACED_S, least=MIN_PACED_JOBS, most=size)
         paced = bench.paced(paced_jobs, rate)
@@ -487,7 +494,7 @@ def measure_rounds(
         "jobs_per_s": spread(rates),
         "latency_median_ms": spread(medians),
         "latency_p99_ms": spread(p99s),
-        "jobs_per_round": size,
+        "jobs_per_round": sizes,
         "latency_at_fraction_of_rate": PACED_FRACTION,
     }
 
@@ -808,7 +815,8 @@ def markdown(record: dict[str, Any]) -> str:
                 f"| {name} {figures['version']} | {workers} | "
                 f"{_fmt(f['jobs_per_s'])} | {f['ratio_to_limit']:.2f} | "
                 f"{_fmt(f['latency_median_ms'])} | {_fmt(f['latency_p99_ms'])} | "
-                f"{f['jobs_per_round']} | {figures.get('load_average_1m', '?')} |"
+                f"{'/'.join(str(n) for n in f['jobs_per_round'])} | "
+                f"{figures.get('load_average_1m', '?')} |"
             )
     lines += [
         "",
