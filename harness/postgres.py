@@ -27,6 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import psutil
 import psycopg
@@ -568,25 +569,36 @@ class Cluster(_Server):
             _live_clusters.discard(self)
 
 
-def _wait_status(pid: int, status: str, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() in (status, psutil.STATUS_ZOMBIE):
-                return
-        except psutil.NoSuchProcess:
-            return
-        time.sleep(0.002)
+# How long a freeze or a thaw waits for each process to take its signal. A
+# process in uninterruptible sleep (an fsync on a loaded disk) takes it late.
+SIGNAL_TAKEN_S = 30.0
 
 
-def _wait_not_status(pid: int, status: str, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def _wait_status(pid: int, status: str) -> None:
+    """Wait until pid is in status, or exited; PostgresError if it never is."""
+    _wait_for(pid, lambda current: current in (status, psutil.STATUS_ZOMBIE),
+              f"to become {status}")
+
+
+def _wait_not_status(pid: int, status: str) -> None:
+    """Wait until pid has left status, or exited; PostgresError if it never does."""
+    _wait_for(pid, lambda current: current != status, f"to leave {status}")
+
+
+def _wait_for(pid: int, taken: Callable[[str], bool], what: str) -> None:
+    deadline = time.monotonic() + SIGNAL_TAKEN_S
+    while True:
         try:
-            if psutil.Process(pid).status() != status:
-                return
+            current = psutil.Process(pid).status()
         except psutil.NoSuchProcess:
             return
+        if taken(current):
+            return
+        if time.monotonic() > deadline:
+            raise PostgresError(
+                f"server process {pid} is still {current} after "
+                f"{SIGNAL_TAKEN_S:.0f} s, waiting {what}"
+            )
         time.sleep(0.002)
 
 

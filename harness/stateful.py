@@ -907,13 +907,16 @@ def machine(
     seed: int = 0,
     keep_reports: bool = False,
     faults: tuple[str, ...] = FAULT_FAMILIES,
+    behaviours: tuple[str, ...] = BEHAVIOURS,
 ) -> type[QueueMachine]:
     """A `QueueMachine` class bound to a queue (adapter) and a Postgres server.
 
     `faults` chooses the families of fault rules (`FAULT_FAMILIES`): the
     workers' faults and terminated connections always; the server's when the
     server is an ephemeral cluster; the network's with `network` (a
-    `harness.network.Network`). Reports of runs that pass are removed unless
+    `harness.network.Network`). `behaviours` narrows what enqueued jobs
+    do (a subset of `BEHAVIOURS`): a hunt for one kind of bug meets it in
+    fewer programs. Reports of runs that pass are removed unless
     `keep_reports`; those of failures are kept, with the program in
     `program.txt`.
     """
@@ -922,6 +925,11 @@ def machine(
         raise UsageError(
             f"fault families {faults!r}: choose among {', '.join(FAULT_FAMILIES)}, "
             "workers included"
+        )
+    unknown = [b for b in behaviours if b not in BEHAVIOURS]
+    if unknown or not behaviours:
+        raise UsageError(
+            f"behaviours {behaviours!r}: choose one or more of {', '.join(BEHAVIOURS)}"
         )
     adapter = get_adapter(adapter) if isinstance(adapter, str) else adapter
     setup = _Setup(
@@ -932,11 +940,17 @@ def machine(
     namespace: dict[str, Any] = {
         "setup": setup, "_hypothesis_internal_add_digest": digest,
     }
-    behaviours = tuple(
-        b for b in BEHAVIOURS if expected_outcome(b, adapter.semantics) is not None
+    endable = tuple(
+        b for b in behaviours if expected_outcome(b, adapter.semantics) is not None
     )
-    if behaviours != BEHAVIOURS:
-        namespace["enqueue"] = _enqueue_rule(behaviours)
+    if not endable:
+        possible = [b for b in BEHAVIOURS if expected_outcome(b, adapter.semantics)]
+        raise UsageError(
+            f"behaviours {behaviours!r}: {adapter.name} can end none of them; "
+            f"choose among {', '.join(possible)}"
+        )
+    if endable != BEHAVIOURS:
+        namespace["enqueue"] = _enqueue_rule(endable)
     # Only the rules this run can play: a rule whose precondition never holds
     # keeps Hypothesis (6.170) from shortening programs while it shrinks.
     bases: tuple[type, ...] = (QueueMachine,)

@@ -22,22 +22,25 @@ HUNT_SHRINK_BUDGET_S = 45.0
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("mutant", "kind", "max_steps"),
+    ("mutant", "kind", "max_steps", "behaviours"),
     [
         # a job that fails or crashes was marked done first: 1 step (2 when
         # a worker fault, not the job, ends the execution)
-        ("ack_before_work", "lost", 2),
+        ("ack_before_work", "lost", 2, stateful.BEHAVIOURS),
         # a job that succeeds has used no attempt: 1 step
-        ("attempts_on_exception_only", "state_mismatch", 1),
-        # a job whose worker dies or stops mid-run is never claimed again: 2 steps
-        ("no_lease_expiry", "stuck", 2),
+        ("attempts_on_exception_only", "state_mismatch", 1, stateful.BEHAVIOURS),
+        # a job whose worker dies mid-run is never claimed again: 2 steps. Only
+        # a job still running when its worker is killed meets the bug, so the
+        # hunt enqueues quick and slow jobs only.
+        ("no_lease_expiry", "stuck", 2, ("ok", "slow:2")),
     ],
 )
 def test_the_machine_finds_a_broken_queue_and_shrinks_its_program(
-    pg_server, tmp_path, mutant, kind, max_steps
+    pg_server, tmp_path, mutant, kind, max_steps, behaviours
 ):
     queue_machine = stateful.machine(
-        f"refqueue:{mutant}", pg_server, reports_dir=tmp_path, faults=("workers",)
+        f"refqueue:{mutant}", pg_server, reports_dir=tmp_path, faults=("workers",),
+        behaviours=behaviours,
     )
 
     with pytest.raises(stateful.QueueViolation) as found:
@@ -69,6 +72,11 @@ def test_an_unknown_profile_is_refused_with_the_known_ones(monkeypatch):
 
     with pytest.raises(UsageError, match="ci, deep"):
         stateful.profile()
+
+
+def test_behaviours_outside_the_known_ones_are_refused(pg_server):
+    with pytest.raises(UsageError, match="slow:2"):
+        stateful.machine("refqueue", pg_server, behaviours=("slow:20",))
 
 
 def test_the_machine_has_only_the_rules_its_run_can_play(pg_server):
