@@ -30,14 +30,15 @@ ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = ("ack_before_work", "attempts_on_exception_only", "no_lease_expiry")
 
 
-def hunting_settings() -> tuple[settings, float]:
-    """HUNT and HUNT_SHRINK_BUDGET_S of tests/test_stateful.py."""
+def hunting_settings() -> tuple[settings, float, dict[str, tuple[str, ...]]]:
+    """HUNT, HUNT_SHRINK_BUDGET_S and each mutant's behaviours, of tests/test_stateful.py."""
     spec = importlib.util.spec_from_file_location(
         "test_stateful", ROOT / "tests" / "test_stateful.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.HUNT, module.HUNT_SHRINK_BUDGET_S
+    behaviours = {mutant: hunted[-1] for mutant, *hunted in module.HUNTS}
+    return module.HUNT, module.HUNT_SHRINK_BUDGET_S, behaviours
 
 
 def run_ci(server, network, reports_dir: Path) -> dict:
@@ -57,9 +58,13 @@ def run_ci(server, network, reports_dir: Path) -> dict:
     }
 
 
-def run_hunt(server, mutant: str, hunt: settings, budget_s: float, tmp: Path) -> dict:
+def run_hunt(
+    server, mutant: str, hunt: settings, budget_s: float, tmp: Path,
+    behaviours: tuple[str, ...],
+) -> dict:
     queue_machine = stateful.machine(
-        f"refqueue:{mutant}", server, reports_dir=tmp, faults=("workers",)
+        f"refqueue:{mutant}", server, reports_dir=tmp, faults=("workers",),
+        behaviours=behaviours,
     )
     setup = queue_machine.setup
     started_s = time.monotonic()
@@ -103,13 +108,16 @@ def main() -> None:
                 records.append(run_ci(server, network, tmp))
                 print(json.dumps(records[-1]), flush=True)
         else:
-            hunt, budget_s = hunting_settings()
+            hunt, budget_s, behaviours = hunting_settings()
             hunt = settings(hunt, derandomize=args.derandomize)
             if args.max_examples:
                 hunt = settings(hunt, max_examples=args.max_examples)
             for mutant in args.mutants.split(","):
                 for _ in range(args.runs):
-                    records.append(run_hunt(server, mutant, hunt, budget_s, tmp))
+                    records.append(run_hunt(
+                        server, mutant, hunt, budget_s, tmp,
+                        behaviours.get(mutant, stateful.BEHAVIOURS),
+                    ))
                     print(json.dumps(records[-1]), flush=True)
     finally:
         if network is not None:

@@ -13,7 +13,8 @@ The figures:
   library in its own environment), with 1 and 4 worker processes: jobs per
   second end to end (4 clients enqueue empty jobs as fast as they can, each
   enqueue an implicit transaction of its own on an autocommit connection,
-  like each insert of the limit; workers claim, run and complete them),
+  like each insert of the limit; workers claim, run and complete them):
+  the steady rate, at which the middle of a batch ran, and the batch rate,
   from the first enqueue to the moment all are done; and the
   latency from an enqueue's commit to its job's start, median and p99.
   Latency is measured at half the throughput just measured, not under
@@ -84,6 +85,8 @@ LONGEST_BATCH_S = 0.8
 PACED_FRACTION = 0.5
 PACED_S = 0.3
 MIN_PACED_JOBS = 15
+#: Jobs of the batch that sizes the rounds, at least (at most --jobs).
+CALIBRATION_JOBS = 50
 #: Jobs per worker of the first batch of new workers, which waits for their start.
 WARM_UP_JOBS_PER_WORKER = 2
 #: How long a batch of jobs may take to be done before the queue is given up.
@@ -97,6 +100,11 @@ READY_DEADLINE_S = 60.0
 #: used less CPU than this, per worker (a started, idle worker uses ~0.02).
 QUIET_WINDOW_S = 0.25
 QUIET_CORES_PER_WORKER = 0.1
+#: A batch's steady rate is that of its jobs from this fraction to that one,
+#: in the order they ended, when it has at least MIN_STEADY_JOBS.
+STEADY_FROM = 0.2
+STEADY_TO = 0.8
+MIN_STEADY_JOBS = 20
 #: How often a batch looks whether its jobs are done: a small part of a round.
 POLL_S = 0.01
 #: Ledger records of successful executions, counted without parsing.
@@ -170,10 +178,28 @@ class Batch:
     jobs: int
     elapsed_s: float
     latencies_ms: list[float] = field(default_factory=list)
+    #: When each job's successful execution ended, monotonic ns, in order.
+    ends_ns: list[int] = field(default_factory=list)
 
     @property
     def jobs_per_s(self) -> float:
+        """The rate of the whole batch, from the first enqueue to the last done."""
         return self.jobs / self.elapsed_s
+
+    @property
+    def steady_per_s(self) -> float:
+        """The rate at which the middle of the batch ran (STEADY_FROM to STEADY_TO).
+
+        A queue that polls waits up to a poll interval before its first job
+        and may leave the last ones to a poll; the batch rate counts those
+        waits, this rate does not. Small batches have no middle to speak of:
+        their rate is the batch rate.
+        """
+        ends = self.ends_ns
+        first, last = int(STEADY_FROM * len(ends)), int(STEADY_TO * len(ends))
+        if len(ends) < MIN_STEADY_JOBS or ends[last] <= ends[first]:
+            return self.jobs_per_s
+        return (last - first) / ((ends[last] - ends[first]) / 1e9)
 
 
 class OkCounter:
@@ -322,15 +348,20 @@ class QueueBench:
         elapsed_s = time.monotonic() - started_s
 
         starts: dict[str, int] = {}
+        ends: dict[str, int] = {}
         wanted = set(keys)
         for record in self.ledger.read():
             key = record["key"]
-            if record["event"] == "start" and key in wanted and key not in starts:
-                starts[key] = record["t"]
+            if key not in wanted:
+                continue
+            if record["event"] == "start":
+                starts.setdefault(key, record["t"])
+            elif record["event"] == "ok":
+                ends.setdefault(key, record["t"])
         latencies_ms = [
             (starts[key] - committed_ns[key]) / 1e6 for key in keys if key in starts
         ]
-        return Batch(jobs, elapsed_s, latencies_ms)
+        return Batch(jobs, elapsed_s, latencies_ms, sorted(ends.values()))
 
     def _enqueue_all(
         self,
@@ -466,32 +497,36 @@ def measure_rounds(
     at half its rate.
     """
     warm_up = bench.saturated(min(jobs, WARM_UP_JOBS_PER_WORKER * bench.workers))
-    # At least MIN_JOBS: a queue that fetches jobs in batches, or waits for
-    # its poll, is slow on a handful, and would be sized by its slowest case.
+    # At least CALIBRATION_JOBS: a queue that fetches jobs in batches, or
+    # waits for its poll, is slow on a handful; enough jobs have a middle
+    # whose steady rate says how fast it runs once it runs.
     calibration = bench.saturated(
         max(
-            min(jobs, MIN_JOBS),
+            min(jobs, CALIBRATION_JOBS),
             batch_size(warm_up.jobs_per_s, round_s / 2, least=2, most=jobs),
         )
     )
-    slowest_per_s = calibration.jobs_per_s
+    slowest_per_s = calibration.steady_per_s
     sizes: list[int] = []
     rates: list[float] = []
+    batch_rates: list[float] = []
     medians: list[float] = []
     p99s: list[float] = []
     for _ in range(rounds):
         size = batch_size(slowest_per_s, round_s, least=MIN_JOBS, most=jobs)
         saturated = bench.saturated(size)
         sizes.append(size)
-        rates.append(saturated.jobs_per_s)
-        slowest_per_s = min(slowest_per_s, saturated.jobs_per_s)
-        rate = PACED_FRACTION * saturated.jobs_per_s
+        rates.append(saturated.steady_per_s)
+        batch_rates.append(saturated.jobs_per_s)
+        slowest_per_s = min(slowest_per_s, saturated.steady_per_s)
+        rate = PACED_FRACTION * saturated.steady_per_s
         paced_jobs = batch_size(rate, PACED_S, least=MIN_PACED_JOBS, most=size)
         paced = bench.paced(paced_jobs, rate)
         medians.append(statistics.median(paced.latencies_ms))
         p99s.append(percentile(paced.latencies_ms, 0.99))
     return {
         "jobs_per_s": spread(rates),
+        "batch_jobs_per_s": spread(batch_rates),
         "latency_median_ms": spread(medians),
         "latency_p99_ms": spread(p99s),
         "jobs_per_round": sizes,
@@ -783,8 +818,11 @@ def markdown(record: dict[str, Any]) -> str:
         (
             f"{record.get('clients', CLIENTS)} clients enqueue, each job in an "
             "implicit transaction of its own (autocommit), like each insert of "
-            "the limit. Jobs/s: as fast as the clients can enqueue, from the "
-            "first enqueue until all are done; "
+            "the limit. Jobs/s: the clients enqueue a batch as fast as they "
+            "can; the rate at which the middle of the batch (from the 20th to "
+            "the 80th percent of jobs, in the order they ended) ran, so that a "
+            "wait for a poll before the first job or after the last does not "
+            "count; batch jobs/s: from the first enqueue until all are done; "
             "of the limit: against pgbench with as many clients as workers (1 or "
             f"{CLIENTS}). Latency from an enqueue's commit to its job's start, "
             "with the clients enqueueing at half the jobs/s just measured. Queues "
@@ -793,27 +831,28 @@ def markdown(record: dict[str, Any]) -> str:
         ),
         "",
         (
-            "| queue | workers | jobs/s | of the limit | start latency median (ms) "
-            "| p99 (ms) | jobs per round | load average |"
+            "| queue | workers | jobs/s | of the limit | batch jobs/s "
+            "| start latency median (ms) | p99 (ms) | jobs per round | load average |"
         ),
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, figures in record["queues"].items():
         if "unavailable" in figures:
             lines.append(
-                f"| {name} | - | unavailable: {figures['unavailable']} | | | | | |"
+                f"| {name} | - | unavailable: {figures['unavailable']} | | | | | | |"
             )
             continue
         for workers in WORKER_COUNTS:
             f = figures.get(f"{workers}_workers", {})
             if "error" in f:
                 lines.append(
-                    f"| {name} | {workers} | error: {f['error']} | | | | | |"
+                    f"| {name} | {workers} | error: {f['error']} | | | | | | |"
                 )
                 continue
             lines.append(
                 f"| {name} {figures['version']} | {workers} | "
                 f"{_fmt(f['jobs_per_s'])} | {f['ratio_to_limit']:.2f} | "
+                f"{_fmt(f['batch_jobs_per_s'])} | "
                 f"{_fmt(f['latency_median_ms'])} | {_fmt(f['latency_p99_ms'])} | "
                 f"{'/'.join(str(n) for n in f['jobs_per_round'])} | "
                 f"{figures.get('load_average_1m', '?')} |"

@@ -12,6 +12,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 from harness import __version__
 from harness.errors import QueueChaosError, UsageError
@@ -124,16 +125,20 @@ def _check_writable(folder: Path) -> None:
             f"reports folder {str(folder)!r} is empty or the current folder; "
             "give one such as --reports reports"
         )
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".probe-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(
-            f"reports folder {str(folder)!r} cannot be written ({exc.strerror}); "
-            "choose another with --reports"
-        ) from None
+    # Checked without creating anything: a run refused later leaves no folder.
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        reason = f"{str(existing)!r} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"{str(existing)!r} is not writable"
+    else:
+        return
+    raise UsageError(
+        f"reports folder {str(folder)!r} cannot be written ({reason}); "
+        "choose another with --reports"
+    )
 
 
 class _Progress:
@@ -238,8 +243,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Says what is wrong with the command line in one line, and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="queue-chaos",
         description="Fault-injection harness for PostgreSQL job queues.",
     )

@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import random
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -198,7 +197,7 @@ def compare(
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = Path(tempfile.mkdtemp(prefix=f"compare-{stamp}-", dir=reports_dir))
+    folder = report.unique_dir(reports_dir, f"compare-{stamp}-")
     say(f"comparison: {folder}")
 
     columns: list[Column] = []

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import report
 from harness.errors import UsageError
 
 __all__ = [
@@ -174,7 +174,7 @@ def run_mutants(
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = Path(tempfile.mkdtemp(prefix=f"mutants-{stamp}-", dir=reports_dir))
+    folder = report.unique_dir(reports_dir, f"mutants-{stamp}-")
     say(f"mutants: {len(names)} against {len(CATALOGUE)} scenarios, seed {seed}, "
         f"report {folder}")
 

@@ -28,13 +28,26 @@ SCHEMA = 1
 STORIES_IN_SUMMARY = 5
 
 
+# Reports are read by whoever may read the folder they are in: files and
+# folders get the modes the process's umask gives, not tempfile's owner-only.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def unique_dir(parent: Path, prefix: str) -> Path:
+    """Create a new folder parent/<prefix><random> with the umask's mode."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    path.chmod(0o777 & ~_UMASK)
+    return path
+
+
 def new_run_dir(reports_dir: Path, scenario: str, adapter: str, seed: int) -> Path:
     """Create reports/<run-id>/; the id sorts by time and names the run."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{scenario}-{adapter}-{seed}")
     try:
         reports_dir.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f"{stamp}-{slug}-", dir=reports_dir))
+        return unique_dir(reports_dir, f"{stamp}-{slug}-")
     except OSError as exc:
         raise ReportError(
             f"cannot write reports to {str(reports_dir)!r} ({exc.strerror}); "
@@ -47,6 +60,7 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     mode = "wb" if isinstance(text, bytes) else "w"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as f:
             f.write(text)
             f.flush()
@@ -89,11 +103,36 @@ def results(result: RunResult, run: Run) -> dict[str, Any]:
         "judged_liveness": run.final is not None,
         "counts": verdict["counts"],
         "anomalies": verdict["anomalies"],
-        "faults": [w.to_dict() for w in run.windows],
+        "faults": _faults(run),
         "semantics": dict(run.adapter.semantics.__dict__),
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
         "versions": versions(run.adapter, run.server),
     }
+
+
+def _faults(run: Run) -> list[dict[str, Any]]:
+    """Each fault window, with what it hit (targets) and whether it acted.
+
+    The nemesis starts the windows in the order of their start times and
+    records each start in the history; a window the run never reached has
+    no start and says so.
+    """
+    started = [
+        op for op in run.history.ops()
+        if op.get("f") == "fault" and op.get("type") == "invoke"
+    ]
+    windows = sorted(run.windows, key=lambda window: window.at_s)
+    faults = []
+    for index, window in enumerate(windows):
+        fault = window.to_dict()
+        op = started[index] if index < len(started) else None
+        if op is not None and op.get("fault") == window.fault:
+            fault["targets"] = list(op.get("targets") or [])
+            fault["effect"] = op.get("effect", "acted")
+        else:
+            fault["targets"], fault["effect"] = [], "not started"
+        faults.append(fault)
+    return faults
 
 
 def write(result: RunResult, run: Run) -> None:
@@ -131,10 +170,15 @@ def markdown(record: dict[str, Any]) -> str:
             lines.append(f"| {name} | {'-' if value is None else value} |")
     lines += ["", "## Faults", ""]
     if record["faults"]:
-        lines += ["| at (s) | fault | for (s) | side |", "|---|---|---|---|"]
+        lines += [
+            "| at (s) | fault | for (s) | side | targets | effect |",
+            "|---|---|---|---|---|---|",
+        ]
         for w in record["faults"]:
+            targets = ", ".join(w.get("targets", [])) or "-"
             lines.append(
-                f"| {w['at_s']} | {w['fault']} | {w['duration_s']} | {w['side']} |"
+                f"| {w['at_s']} | {w['fault']} | {w['duration_s']} | {w['side']} "
+                f"| {targets} | {w.get('effect', '?')} |"
             )
     else:
         lines.append("none")

@@ -55,6 +55,21 @@ def test_a_batch_knows_its_rate():
     assert Batch(jobs=300, elapsed_s=1.5).jobs_per_s == 200.0
 
 
+def test_the_steady_rate_leaves_out_the_wait_before_the_first_job_and_after_the_last():
+    # 100 jobs a millisecond apart, after a poll of a second and before
+    # another: the batch took 2.1 s, its middle ran at 1,000 jobs/s
+    ends_ns = [1_000_000_000 + i * 1_000_000 for i in range(99)] + [2_100_000_000]
+    batch = Batch(jobs=100, elapsed_s=2.1, ends_ns=ends_ns)
+
+    assert round(batch.jobs_per_s) == 48
+    assert round(batch.steady_per_s) == 1000
+
+
+def test_a_batch_too_small_for_a_middle_has_its_batch_rate_as_steady_rate():
+    batch = Batch(jobs=5, elapsed_s=0.5, ends_ns=[1, 2, 3, 4, 5])
+    assert batch.steady_per_s == batch.jobs_per_s == 10.0
+
+
 def ok_line(key):
     record = {"t": 1, "key": key, "n": 1, "event": "ok", "worker": "w", "pid": 1}
     return (json.dumps(record, separators=(",", ":")) + "\n").encode()
@@ -115,6 +130,7 @@ def figure(median):
 def queue_figures(jobs_per_s):
     return {
         "jobs_per_s": figure(jobs_per_s),
+        "batch_jobs_per_s": figure(jobs_per_s / 2),
         "latency_median_ms": figure(4.0),
         "latency_p99_ms": figure(15.0),
         "jobs_per_round": [400, 380, 380],
@@ -156,7 +172,8 @@ def test_the_report_shows_every_figure_and_every_failure():
 
     assert "| 4 | 1000 (1000–1000) |" in text
     assert (
-        "| refqueue 0.1.0 | 4 | 400 (400–400) | 0.40 | 4 (4–4) | 15 (15–15) "
+        "| refqueue 0.1.0 | 4 | 400 (400–400) | 0.40 | 200 (200–200) | 4 (4–4) "
+        "| 15 (15–15) "
         "| 400/380/380 |" in text
     )
     assert "| chancy | 1 | error: boom |" in text

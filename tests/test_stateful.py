@@ -20,20 +20,24 @@ HUNT = settings(
 HUNT_SHRINK_BUDGET_S = 45.0
 
 
+# The broken variants hunted: (mutant, kind of violation, most steps of the
+# shrunk program, behaviours the hunt enqueues).
+HUNTS = [
+    # a job that fails or crashes was marked done first: 1 step (2 when a
+    # worker fault, not the job, ends the execution)
+    ("ack_before_work", "lost", 2, stateful.BEHAVIOURS),
+    # a job that succeeds has used no attempt: 1 step
+    ("attempts_on_exception_only", "state_mismatch", 1, stateful.BEHAVIOURS),
+    # a job whose worker dies mid-run is never claimed again: 2 steps. Only a
+    # job still running when its worker is killed meets the bug, so the hunt
+    # enqueues quick and slow jobs only.
+    ("no_lease_expiry", "stuck", 2, ("ok", "slow:2")),
+]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("mutant", "kind", "max_steps", "behaviours"),
-    [
-        # a job that fails or crashes was marked done first: 1 step (2 when
-        # a worker fault, not the job, ends the execution)
-        ("ack_before_work", "lost", 2, stateful.BEHAVIOURS),
-        # a job that succeeds has used no attempt: 1 step
-        ("attempts_on_exception_only", "state_mismatch", 1, stateful.BEHAVIOURS),
-        # a job whose worker dies mid-run is never claimed again: 2 steps. Only
-        # a job still running when its worker is killed meets the bug, so the
-        # hunt enqueues quick and slow jobs only.
-        ("no_lease_expiry", "stuck", 2, ("ok", "slow:2")),
-    ],
+    ("mutant", "kind", "max_steps", "behaviours"), HUNTS, ids=[h[0] for h in HUNTS]
 )
 def test_the_machine_finds_a_broken_queue_and_shrinks_its_program(
     pg_server, tmp_path, mutant, kind, max_steps, behaviours
