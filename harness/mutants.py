@@ -220,7 +220,8 @@ def run_mutants(
     caught = sum(1 for r in results if r.caught)
     record = {
         "schema": 1,
-        "score": f"{caught}/{len(results)}",
+        # the share of mutants caught: 1.0 when the harness caught them all
+        "score": round(caught / len(results), 3) if results else 0.0,
         "caught": caught,
         "total": len(results),
         "seed": seed,
@@ -331,7 +332,8 @@ def markdown(record: dict[str, Any]) -> str:
     lines = [
         "# Mutation score",
         "",
-        f"**{record['score']}** mutants caught (seed {record['seed']}, "
+        f"Score **{record['score']}**: {record['caught']} of {record['total']} "
+        f"mutants caught (seed {record['seed']}, "
         f"{'fast: stopped at the first catch' if record['fast'] else 'every run'}"
         f", {record['seconds']:.0f} s).",
         "",
@@ -349,7 +351,10 @@ def print_table(record: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"mutation score {record['score']}")
+    table = Table(title=(
+        f"mutation score {record['score']} "
+        f"({record['caught']} of {record['total']} caught)"
+    ))
     for header in HEADERS:
         table.add_column(header, justify="right" if "(s)" in header else "left")
     for row in _rows(record):

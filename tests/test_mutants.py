@@ -134,7 +134,8 @@ def test_a_catch_by_another_scenario_does_not_confirm_the_known_catcher():
 
     assert result.caught is True
     assert result.expected_confirmed is False
-    record = {"score": "1/1", "seed": 1, "fast": False, "seconds": 5.0,
+    record = {"score": 1.0, "caught": 1, "total": 1, "seed": 1, "fast": False,
+              "seconds": 5.0,
               "mutants": [result.to_dict()], "reference": None}
     assert f"caught (not by {catch.scenario})" in markdown(record)
 
