@@ -85,8 +85,10 @@ LONGEST_BATCH_S = 0.8
 PACED_FRACTION = 0.5
 PACED_S = 0.3
 MIN_PACED_JOBS = 15
-#: Jobs of the batch that sizes the rounds, at least (at most --jobs).
+#: Jobs of the batch that sizes the rounds, at least (at most --jobs), unless
+#: the warm-up's rate says they take longer than CALIBRATION_LONGEST_S.
 CALIBRATION_JOBS = 50
+CALIBRATION_LONGEST_S = 3.0
 #: Jobs per worker of the first batch of new workers, which waits for their start.
 WARM_UP_JOBS_PER_WORKER = 2
 #: How long a batch of jobs may take to be done before the queue is given up.
@@ -489,23 +491,22 @@ def measure_rounds(
 
     Two batches that are not reported come first: a small one while new
     workers finish starting, then one of about half a round (at least
-    MIN_JOBS) that sets the size of the rounds: as many jobs as the queue ran
-    in about `round_s` (``batch_size``), at most `jobs`. A round slower than
+    CALIBRATION_JOBS where they fit in CALIBRATION_LONGEST_S) whose steady
+    rate sets the size of the rounds: as many jobs as the queue runs in about
+    `round_s` (``batch_size``), at most `jobs`. A round slower than
     that makes the next ones smaller, never larger: some queues wait for a
     poll now and then, and a round sized on a fast run then takes many
     times as long. Each round is one saturated batch, then one paced batch
     at half its rate.
     """
     warm_up = bench.saturated(min(jobs, WARM_UP_JOBS_PER_WORKER * bench.workers))
-    # At least CALIBRATION_JOBS: a queue that fetches jobs in batches, or
+    # CALIBRATION_JOBS if they fit: a queue that fetches jobs in batches, or
     # waits for its poll, is slow on a handful; enough jobs have a middle
     # whose steady rate says how fast it runs once it runs.
-    calibration = bench.saturated(
-        max(
-            min(jobs, CALIBRATION_JOBS),
-            batch_size(warm_up.jobs_per_s, round_s / 2, least=2, most=jobs),
-        )
-    )
+    calibration = bench.saturated(batch_size(
+        warm_up.jobs_per_s, round_s / 2, least=CALIBRATION_JOBS, most=jobs,
+        longest_s=CALIBRATION_LONGEST_S,
+    ))
     slowest_per_s = calibration.steady_per_s
     sizes: list[int] = []
     rates: list[float] = []
