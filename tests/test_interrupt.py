@@ -48,6 +48,7 @@ def test_an_interrupted_scenario_run_leaves_no_process(tmp_path, sig):
         [sys.executable, "-m", "pytest", SCENARIO, "-q", "-p", "no:cacheprovider",
          "--reports", str(tmp_path)],
         cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=_interruptible,
     )
     parent = psutil.Process(run.pid)
 
@@ -66,6 +67,41 @@ def test_an_interrupted_scenario_run_leaves_no_process(tmp_path, sig):
         # a killed run cannot clean up its folder; the next run does
         postgres.remove_orphans()
     assert clusters_of(run.pid) == []
+
+
+def test_ctrl_c_stops_a_command_line_run_at_once_and_keeps_its_partial_report(
+    tmp_path,
+):
+    run = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", "f3-worker-killed", "-q",
+         "--reports", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=_interruptible,
+    )
+    parent = psutil.Process(run.pid)
+    wait_for(lambda: list(tmp_path.glob("*/history.jsonl")), what="the run started")
+    wait_for(
+        lambda: sum("refqueue" in " ".join(p.cmdline())
+                    for p in descendants(parent) if not gone(p)) >= 2,
+        what="workers running",
+    )
+    started = [p for p in descendants(parent) if not gone(p)]
+
+    run.send_signal(signal.SIGINT)
+    out, _ = run.communicate(timeout=60)
+
+    assert run.returncode == 130, out
+    assert "interrupted" in out
+    wait_for(lambda: all(gone(p) for p in started), what="every process gone")
+    assert clusters_of(run.pid) == []
+    (results,) = tmp_path.glob("*/results.json")
+    assert json.loads(results.read_text())["complete"] is False
+
+
+def _interruptible():
+    # A shell starts background commands with SIGINT ignored, and a process
+    # keeps what it inherits: give the run Ctrl-C as a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def clusters_of(pid):
