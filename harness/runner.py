@@ -31,7 +31,7 @@ from harness.errors import UsageError
 from harness.history import History
 from harness.ledger import Ledger
 from harness.nemesis import Nemesis, Window, random_schedule
-from harness.scenarios import Scenario
+from harness.scenarios import Scenario, behaviour_for
 from harness.workers import WorkerPool
 
 log = logging.getLogger("queue_chaos.runner")
@@ -58,13 +58,6 @@ class RunResult:
     def summary(self) -> str:
         """The verdict, each anomaly's story, and the report's path, as text."""
         return report.summary(self)
-
-
-def behaviour_for(seed: int, index: int, mix: dict[str, float]) -> str:
-    """The behaviour of the index-th job of a run: the same for the same seed."""
-    rng = random.Random(f"{seed}:{index}")
-    names = sorted(mix)
-    return rng.choices(names, weights=[mix[n] for n in names])[0]
 
 
 def schedule_for(scenario: Scenario, seed: int) -> list[Window]:
@@ -417,7 +410,7 @@ class Run:
                     self.pool.supervise()
                     time.sleep(min(0.05, max(0.0, due - time.monotonic())))
                 key = f"j{index:05d}"
-                self.enqueue(key, behaviour_for(self.seed, index, scenario.mix))
+                self.enqueue(key, scenario.behaviour_of(self.seed, index))
                 self.progress("enqueued", {"key": key, "index": index + 1})
             # the schedule may run past the last enqueue
             while faults.is_alive() and time.monotonic() < t0 + self.duration_s:

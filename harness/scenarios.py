@@ -8,6 +8,7 @@ here names a queue library.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 from harness.errors import UsageError
@@ -30,10 +31,20 @@ class Scenario:
     random_faults: tuple[str, ...] = ()
     transactional: bool = False
     tags: frozenset[str] = field(default_factory=frozenset)
+    #: Behaviours of the load's last jobs, in order, in place of draws from
+    #: the mix: what must happen after the last enqueue.
+    last: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for behaviour in self.mix:
+        for behaviour in (*self.mix, *self.last):
             Behaviour.parse(behaviour)
+
+    def behaviour_of(self, seed: int, index: int) -> str:
+        """The behaviour of job `index` of the load under `seed`."""
+        from_last = index - (self.jobs - len(self.last))
+        if from_last >= 0:
+            return self.last[from_last]
+        return behaviour_for(seed, index, self.mix)
 
     def fault_kinds(self) -> set[str]:
         return {w.fault for w in self.faults} | set(self.random_faults)
@@ -53,6 +64,13 @@ class Scenario:
         return max((Behaviour.parse(b).seconds or 0.0 for b in self.mix), default=0.0)
 
 
+def behaviour_for(seed: int, index: int, mix: dict[str, float]) -> str:
+    """The behaviour of the index-th job of a run: the same for the same seed."""
+    rng = random.Random(f"{seed}:{index}")
+    names = sorted(mix)
+    return rng.choices(names, weights=[mix[n] for n in names])[0]
+
+
 def _windows(*specs: tuple) -> tuple[Window, ...]:
     return tuple(Window(*spec) for spec in specs)
 
@@ -66,6 +84,9 @@ CATALOGUE: tuple[Scenario, ...] = (
         mix={"ok": 1, "fail_first:1": 2, "fail_first:2": 2},
         jobs=60,
         duration_s=5,
+        # retried after the last enqueue, when no notification comes: a queue
+        # that claims only when notified never runs them again
+        last=("fail_first:2",),
     ),
     Scenario(
         name="f2-poison-jobs",
