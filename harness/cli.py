@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import warnings
@@ -51,8 +52,10 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a finite number of seconds > 0"
+        )
     return value
 
 
@@ -185,7 +188,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if run_dir.is_file():
         raise UsageError(
             f"{str(run_dir)!r} is a file; give the folder of one run, "
-            f"e.g. {str(run_dir.parent)!r}"
+            "e.g. reports/<run-id>"
         )
     record = load_results(run_dir)
     history_path = run_dir / "history.jsonl"

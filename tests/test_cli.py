@@ -68,6 +68,13 @@ def test_a_run_refused_for_its_server_leaves_no_reports_folder(tmp_path):
     assert not reports.exists()
 
 
+@pytest.mark.parametrize("duration", ["inf", "nan", "0", "-5"])
+def test_a_duration_that_is_not_a_finite_positive_number_is_refused(duration):
+    result = queue_chaos("run", "f1-transient-failures", "--duration", duration)
+
+    assert_one_line_usage_error(result, f"'{duration}'", "finite number of seconds")
+
+
 def test_a_seed_that_is_not_a_number_is_refused():
     result = queue_chaos("run", "f1-transient-failures", "--seed", "abc")
 
