@@ -31,7 +31,7 @@ import psutil
 from harness import _proc
 from harness.errors import UsageError
 from harness.history import History
-from harness.ledger import Ledger
+from harness.ledger import ENV_LEDGER, Ledger
 
 log = logging.getLogger("queue_chaos.nemesis")
 
@@ -264,14 +264,15 @@ class Nemesis:
     # Worker faults -----------------------------------------------------
 
     def _start_kill_worker(self, window: Window):
-        worker = self.pool.pick(self.rng)
+        # a worker that holds no job would test nothing: aim at a busy one
+        worker = self._pick_busy()
         if worker is None:
             return [], None
         self.pool.kill(worker)
         return [worker.name], None
 
     def _start_pause_worker(self, window: Window):
-        worker = self.pool.pick(self.rng)
+        worker = self._pick_busy()
         if worker is None:
             return [], None
         self.pool.pause(worker)
@@ -305,7 +306,12 @@ class Nemesis:
         return [worker.name], heal
 
     def _pick_busy(self) -> Any:
-        """An active worker running a job (the ledger says which), else any."""
+        """An active worker running a job (the ledger says which), else any.
+
+        Workers run without a ledger (no QUEUE_CHAOS_LEDGER) are all alike.
+        """
+        if not (self.pool.env or {}).get(ENV_LEDGER):
+            return self.pool.pick(self.rng)
         events: dict[tuple[str, int], tuple[str, str]] = {}
         for record in Ledger.from_env(self.pool.env).read():
             execution = (record["key"], record["n"])
