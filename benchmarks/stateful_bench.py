@@ -31,7 +31,7 @@ MUTANTS = ("ack_before_work", "attempts_on_exception_only", "no_lease_expiry")
 
 
 def hunting_settings() -> tuple[settings, float, dict[str, tuple[str, ...]]]:
-    """HUNT, HUNT_SHRINK_BUDGET_S and each mutant's behaviours, of tests/test_stateful.py."""
+    """HUNT, HUNT_SHRINK_BUDGET_S and each hunt's behaviours, of test_stateful.py."""
     spec = importlib.util.spec_from_file_location(
         "test_stateful", ROOT / "tests" / "test_stateful.py"
     )

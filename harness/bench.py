@@ -663,11 +663,10 @@ def run_bench(
     """
     out_dir = reports_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True, exist_ok=False)
+    proxy_s = max(1.0, seconds * PROXY_SHARE)
     record: dict[str, Any] = {
-        "machine": machine(), "seconds": seconds,
-        "proxy_seconds": max(1.0, seconds * PROXY_SHARE), "rounds": rounds,
-        "jobs": jobs,
-        "clients": CLIENTS,
+        "machine": machine(), "seconds": seconds, "proxy_seconds": proxy_s,
+        "rounds": rounds, "jobs": jobs, "clients": CLIENTS,
     }
     parts_s: dict[str, float] = {}
     started = time.monotonic()
@@ -693,9 +692,7 @@ def run_bench(
 
         say("the fault proxy against direct")
         part_started = time.monotonic()
-        record["proxy"] = _proxy_overhead(
-            cluster, params, max(1.0, seconds * PROXY_SHARE), rounds
-        )
+        record["proxy"] = _proxy_overhead(cluster, params, proxy_s, rounds)
         parts_s["proxy"] = time.monotonic() - part_started
 
         queues: dict[str, Any] = {}

@@ -185,6 +185,21 @@ class Ledger:
         records.sort(key=lambda record: record["t"])
         return records
 
+    def unfinished(self) -> dict[tuple[str, int], dict]:
+        """The start record of each execution that has not recorded its end.
+
+        Keyed by (key, n). An execution still running is here, and so is one
+        whose process was killed: a killed execution never writes its end.
+        """
+        started: dict[tuple[str, int], dict] = {}
+        for record in self.read():
+            execution = (record["key"], record["n"])
+            if record["event"] == "start":
+                started[execution] = record
+            else:
+                started.pop(execution, None)
+        return started
+
     def _ordinal_path(self, key: str, n: int) -> str:
         return os.path.join(self._ordinals, f"{key}.{n}")
 

@@ -312,11 +312,8 @@ class Nemesis:
         """
         if not (self.pool.env or {}).get(ENV_LEDGER):
             return self.pool.pick(self.rng)
-        events: dict[tuple[str, int], tuple[str, str]] = {}
-        for record in Ledger.from_env(self.pool.env).read():
-            execution = (record["key"], record["n"])
-            events[execution] = (record.get("worker", ""), record.get("event", ""))
-        busy = {worker for worker, event in events.values() if event == "start"}
+        unfinished = Ledger.from_env(self.pool.env).unfinished().values()
+        busy = {record.get("worker") for record in unfinished}
         choices = [w for w in self.pool.active() if w.name in busy]
         return self.rng.choice(choices) if choices else self.pool.pick(self.rng)
 
@@ -391,11 +388,10 @@ class Nemesis:
         ledger = Ledger.from_env(self.pool.env)
 
         def running() -> set[tuple[str, int]]:
-            events: dict[tuple[str, int], str] = {}
-            for record in ledger.read():
-                if record.get("worker") == name:
-                    events[(record["key"], record["n"])] = record.get("event", "")
-            return {execution for execution, e in events.items() if e == "start"}
+            return {
+                execution for execution, record in ledger.unfinished().items()
+                if record.get("worker") == name
+            }
 
         before = running()
         deadline = time.monotonic() + SKEWED_KILL_WAIT_S

@@ -170,6 +170,22 @@ def test_records_carry_time_process_and_error(tmp_path):
     }
 
 
+def test_unfinished_executions_are_those_without_an_end(tmp_path):
+    ledger = Ledger(tmp_path)
+    done = ledger.start("a", worker="w1")
+    ledger.finish("a", done, "ok", worker="w1")
+    failed = ledger.start("a", worker="w2")
+    ledger.finish("a", failed, "fail", worker="w2")
+    running = ledger.start("a", worker="w1")
+    killed = ledger.start("b", worker="w2")
+
+    unfinished = ledger.unfinished()
+
+    assert sorted(unfinished) == [("a", running), ("b", killed)]
+    assert unfinished[("a", running)]["worker"] == "w1"
+    assert unfinished[("b", killed)]["worker"] == "w2"
+
+
 def test_one_process_writes_one_file_however_many_ledger_objects(tmp_path):
     for _ in range(3):
         Ledger(tmp_path).start("k", worker="worker-0")

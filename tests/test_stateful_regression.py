@@ -16,7 +16,10 @@ pytestmark = pytest.mark.slow
 def test_a_job_whose_worker_is_killed_mid_run_is_claimed_again(
     pg_server, tmp_path, adapter, kind
 ):
-    QueueMachine = stateful.machine(adapter, pg_server, reports_dir=tmp_path)  # noqa: N806
+    # named as the state machine names it in the programs it prints
+    QueueMachine = stateful.machine(  # noqa: N806
+        adapter, pg_server, reports_dir=tmp_path
+    )
 
     def program():
         # Printed by the state machine against refqueue:no_lease_expiry.
